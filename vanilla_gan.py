@@ -204,6 +204,39 @@ def write_gif(out):
 # ----------------------------------------------------------------------------------------------------------
 # Training (Algorithm 1)
 # ----------------------------------------------------------------------------------------------------------
+def train_step(G, D, opt_G, opt_D, x, z, amp):
+    """One iteration of Algorithm 1 with k = 1: a D step, then a G step, on real x (B, 1, 28, 28) and noise z.
+
+    Returns a (4,) tensor: loss of D, loss of G, D(x) and D(G(z)) as mean probabilities (no host sync).
+    """
+    B = len(x)
+    real_fake = torch.cat([torch.ones(B, device=x.device), torch.zeros(B, device=x.device)])  # (2B,) targets
+    with amp:
+        fake = G(z)                                             # (B, 1, 28, 28), used by both steps
+        # -- D step (Algorithm 1, ascend the gradient of eq. 1): maximise log D(x) + log(1 - D(G(z))), i.e.
+        # minimise BCE(D(x), 1) + BCE(D(G(z)), 0). Real and fake go through D as one batch: D has no
+        # BatchNorm, so this equals two separate passes and is faster. fake.detach(): G is not updated here.
+        d_out = D(torch.cat([x, fake.detach()])).float()        # (2B,) logits
+        loss_d = 2 * F.binary_cross_entropy_with_logits(d_out, real_fake)  # mean over real + mean over fake
+    opt_D.zero_grad(set_to_none=True)
+    loss_d.backward()
+    opt_D.step()
+
+    # -- G step (section 3, non-saturating): maximise log D(G(z)), i.e. minimise BCE(D(G(z)), 1), instead of
+    # minimising log(1 - D(G(z))). The fake batch is reused; D is frozen so no D weight gradient is computed.
+    D.requires_grad_(False)
+    with amp:
+        d_gen = D(fake).float()                                 # (B,) logits of the updated D
+        loss_g = F.binary_cross_entropy_with_logits(d_gen, real_fake[:B])
+    opt_G.zero_grad(set_to_none=True)
+    loss_g.backward()
+    opt_G.step()
+    D.requires_grad_(True)
+
+    d_x, d_gz = torch.sigmoid(d_out.detach()).view(2, B).mean(1)  # D(x), D(G(z)) as probabilities
+    return torch.stack([loss_d.detach(), loss_g.detach(), d_x, d_gz])
+
+
 def train(args):
     device = pick_device(args.device)
     out = Path(args.out)
@@ -246,11 +279,10 @@ def train(args):
     if not ckpt:
         log.writerow(["step", "epoch", "time", "loss_d", "loss_g", "d_real", "d_fake"])
 
-    stop = []                                                   # Ctrl-C: finish the step, save, leave
-    signal.signal(signal.SIGINT, lambda *_: (stop.append(1), signal.signal(signal.SIGINT, signal.SIG_DFL)))
+    stop = []                                                   # Ctrl-C: finish the step, save, leave;
+    previous_handler = signal.signal(                           # a second Ctrl-C stops at once
+        signal.SIGINT, lambda *_: (stop.append(1), signal.signal(signal.SIGINT, signal.SIG_DFL)))
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp)
-    ones, zeros = torch.ones(B, device=device), torch.zeros(B, device=device)
-    ones_zeros = torch.cat([ones, zeros])                       # targets of D's step: real -> 1, fake -> 0
     pending, stamps = [], []                                    # per-step stats, flushed with one .tolist()
     t0 = time.perf_counter() - elapsed
     first_step, t_first, t_log = step, time.perf_counter(), time.perf_counter()
@@ -262,7 +294,6 @@ def train(args):
             return
         rows = torch.stack(pending).tolist()                    # the only host sync of the loop
         if not all(math.isfinite(v) for row in rows for v in row):
-            log_file.close()
             fail(f"losses became NaN or infinite by step {step}; the last good checkpoint is kept in {ckpt_path}")
         s0 = step - len(rows)
         log.writerows([s0 + i + 1, epoch + 1, f"{t:.3f}", *(f"{v:.5f}" for v in row)]
@@ -289,47 +320,26 @@ def train(args):
             "batch_in_epoch": batch_in_epoch, "perm": perm, "rng": gen.get_state(), "fixed_z": fixed_z,
             "time": time.perf_counter() - t0})
 
-    while step < last_step and not stop:
-        if perm is None:
-            perm = torch.randperm(n, device=device, generator=gen)  # a fresh order every epoch
-        while batch_in_epoch < steps_per_epoch and step < last_step and not stop:
-            idx = perm[batch_in_epoch * B:(batch_in_epoch + 1) * B]
-            x = to_model_range(data[idx]).unsqueeze(1)          # (B, 1, 28, 28) real images in [-1, 1]
-            z = torch.randn(B, args.z_dim, device=device, generator=gen)  # (B, z_dim) ~ N(0, I)
-            with amp:
-                fake = G(z)                                     # (B, 1, 28, 28), used by both steps
-
-                # -- D step (Algorithm 1, ascend grad of eq. 1): maximise log D(x) + log(1 - D(G(z))),
-                # i.e. minimise BCE(D(x), 1) + BCE(D(G(z)), 0). Real and fake go through D as one batch:
-                # D has no BatchNorm, so this equals two separate passes and is faster.
-                d_out = D(torch.cat([x, fake.detach()])).float()  # (2B,) logits
-                loss_d = 2 * F.binary_cross_entropy_with_logits(d_out, ones_zeros)  # mean(real) + mean(fake)
-            opt_D.zero_grad(set_to_none=True)
-            loss_d.backward()
-            opt_D.step()
-
-            # -- G step (section 3, non-saturating): maximise log D(G(z)), i.e. minimise BCE(D(G(z)), 1).
-            # The fake batch is reused; D is frozen so no D weight gradient is computed.
-            D.requires_grad_(False)
-            with amp:
-                d_gen = D(fake).float()                         # (B,) logits of the updated D
-                loss_g = F.binary_cross_entropy_with_logits(d_gen, ones)
-            opt_G.zero_grad(set_to_none=True)
-            loss_g.backward()
-            opt_G.step()
-            D.requires_grad_(True)
-
-            d_x, d_gz = torch.sigmoid(d_out.detach()).view(2, B).mean(1)   # D(x), D(G(z)) as probabilities
-            pending.append(torch.stack([loss_d.detach(), loss_g.detach(), d_x, d_gz]))
-            stamps.append(time.perf_counter() - t0)
-            step, batch_in_epoch = step + 1, batch_in_epoch + 1
-            if time.perf_counter() - t_log > args.log_every:
-                flush()
-        flush()
-        if batch_in_epoch == steps_per_epoch:                   # a whole epoch done
-            epoch, batch_in_epoch, perm = epoch + 1, 0, None
-        checkpoint()                                            # every epoch end, --max-steps, Ctrl-C
-    log_file.close()
+    try:
+        while step < last_step and not stop:
+            if perm is None:
+                perm = torch.randperm(n, device=device, generator=gen)  # a new order each epoch
+            while batch_in_epoch < steps_per_epoch and step < last_step and not stop:
+                idx = perm[batch_in_epoch * B:(batch_in_epoch + 1) * B]
+                x = to_model_range(data[idx]).unsqueeze(1)      # (B, 1, 28, 28) real images in [-1, 1]
+                z = torch.randn(B, args.z_dim, device=device, generator=gen)  # (B, z_dim) ~ N(0, I)
+                pending.append(train_step(G, D, opt_G, opt_D, x, z, amp))
+                stamps.append(time.perf_counter() - t0)
+                step, batch_in_epoch = step + 1, batch_in_epoch + 1
+                if time.perf_counter() - t_log > args.log_every:
+                    flush()
+            flush()
+            if batch_in_epoch == steps_per_epoch:               # a whole epoch done
+                epoch, batch_in_epoch, perm = epoch + 1, 0, None
+            checkpoint()                                        # every epoch end, --max-steps, Ctrl-C
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
+        log_file.close()
     seconds = time.perf_counter() - t_first
     print(f"trained {step - first_step} steps in {seconds:.1f} s "
           f"({(step - first_step) * B / seconds:.0f} images/s); run folder {out}")

@@ -190,9 +190,11 @@ def load_checkpoint(path, args, device):
         owner = ckpt.get("script") if isinstance(ckpt, dict) else None
         fail(f"{path} was not written by {SCRIPT}.py" + (f" but by {owner}.py" if owner else ""))
     for flag in NETWORK_FLAGS:
-        if ckpt["args"][flag] != getattr(args, flag):
-            fail(f"{path} was trained with --{flag.replace('_', '-')} {ckpt['args'][flag]}, "
-                 f"not {getattr(args, flag)}; pass the same network flags")
+        theirs, ours = ckpt["args"][flag], getattr(args, flag)
+        if theirs != ours:
+            as_flag = lambda v: " ".join(map(str, v)) if isinstance(v, list) else v  # [1024, 1024] -> 1024 1024
+            fail(f"{path} was trained with --{flag.replace('_', '-')} {as_flag(theirs)}, not {as_flag(ours)}; "
+                 "pass the same network flags")
     return ckpt
 
 

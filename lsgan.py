@@ -143,7 +143,7 @@ def load_mnist(root):
         with contextlib.redirect_stdout(io.StringIO()):         # torchvision's mirror-by-mirror chatter
             data = torchvision.datasets.MNIST(root, train=True, download=True).data
     except Exception as e:  # no network, a firewall, a full disk, damaged files...
-        fail(f"MNIST is not in {raw} and could not be downloaded ({e}); "
+        fail(f"MNIST is not in {raw} and could not be downloaded ({' '.join(str(e).split())}); "
              "put train-images-idx3-ubyte and train-labels-idx1-ubyte (from the MNIST site) in that folder")
     return data                                                 # (N, 28, 28) uint8
 

@@ -32,6 +32,7 @@ import io
 import math
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -55,7 +56,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", default="./data", help="MNIST root (holds MNIST/raw); downloaded there if missing")
-    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--beta1", type=float, default=0.5, help="Adam's beta1")
@@ -172,6 +173,12 @@ def pick_device(name):
     return device
 
 
+def bf16_is_native():
+    """Whether this CPU computes bfloat16 in hardware; elsewhere autocast to bfloat16 is emulated and slow."""
+    capabilities = getattr(torch.cpu, "get_capabilities", dict)()  # missing in older torch: assume yes
+    return not capabilities or any(capabilities.get(k) for k in ("avx512_bf16", "amx_bf16"))
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Checkpoints: plain tensors and values only, so torch.load(..., weights_only=True) reads them.
 # ----------------------------------------------------------------------------------------------------------
@@ -250,6 +257,9 @@ def train(args):
     if not args.resume and ckpt_path.exists():
         fail(f"--out {out} already holds a run (checkpoint.pt): continue it with --resume, or pick another --out")
     ckpt = load_checkpoint(ckpt_path, args, device) if args.resume else None
+    if args.amp and device.type == "cpu" and not bf16_is_native():
+        print("note: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX): --amp will be slower than fp32",
+              file=sys.stderr)
 
     data = load_mnist(args.data).to(device)                     # (N, 28, 28) uint8, on the device once
     n, B = len(data), args.batch_size

@@ -1,0 +1,187 @@
+"""dcgan64.py: the networks against design documents 000 and 001, and the script through its command line on a
+folder of mixed images (training, --cache, --generate, --resume bit for bit, two torchrun processes, bad input)."""
+import re
+import shutil
+
+import pytest
+import torch
+from torch import nn
+
+import dcgan64
+from photo_data import READABLE, layer_shapes, load_checkpoint, photo_folder, run, run_torchrun, same_weights  # noqa: F401
+
+SMALL = ("--ngf", "8", "--ndf", "8", "--batch-size", "4", "--device", "cpu", "--log-every", "100")
+
+
+# 000's tables (64x64; --ngf 64 --ndf 64) and 001's (the paper's figure 1; --ngf 128 --ndf 128), after every
+# (transposed) convolution.
+TABLES = {
+    64: ([(512, 4, 4), (256, 8, 8), (128, 16, 16), (64, 32, 32), ("C", 64, 64)],
+         [(64, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4), (1, 1, 1)]),
+    128: ([(1024, 4, 4), (512, 8, 8), (256, 16, 16), (128, 32, 32), ("C", 64, 64)],
+          [(128, 32, 32), (256, 16, 16), (512, 8, 8), (1024, 4, 4), (1, 1, 1)]),
+}
+
+
+@pytest.mark.parametrize("width", [64, 128])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_networks_match_the_design_tables(width, channels):
+    g_table, d_table = ([tuple(channels if v == "C" else v for v in row) for row in t] for t in TABLES[width])
+    G, D = dcgan64.Generator(100, width, channels), dcgan64.Discriminator(width, channels)
+    assert layer_shapes(G, torch.randn(2, 100, 1, 1), nn.ConvTranspose2d) == g_table
+    assert layer_shapes(D, torch.randn(2, channels, 64, 64), nn.Conv2d) == d_table
+    # The paper's guidelines: Tanh out of G, ReLU inside it; LeakyReLU(0.2) in D; a logit out of D.
+    assert isinstance(G.net[-1], nn.Tanh) and not any(isinstance(m, nn.LeakyReLU) for m in G.modules())
+    assert {m.negative_slope for m in D.modules() if isinstance(m, nn.LeakyReLU)} == {0.2}
+    assert not any(isinstance(m, nn.Sigmoid) for m in D.modules())
+    assert D(torch.randn(2, channels, 64, 64)).shape == (2,)
+    # No BatchNorm right after G's output layer nor after D's input layer.
+    assert not isinstance(G.net[-2], nn.BatchNorm2d) and not isinstance(D.net[1], nn.BatchNorm2d)
+
+
+@pytest.fixture(scope="module")
+def trained(photo_folder, tmp_path_factory):
+    """Two epochs on the mixed folder with DataLoader workers, then --generate."""
+    out = tmp_path_factory.mktemp("dcgan64") / "run"
+    result = run("dcgan64.py", "--data", photo_folder, "--out", out, "--epochs", "2", "--workers", "1", *SMALL)
+    assert result.returncode == 0, result.stderr
+    return out, result
+
+
+def test_trains_on_a_folder_of_mixed_images(trained, photo_folder):
+    out, result = trained
+    # The truncated JPEG and the fake PNG are skipped and named; the text file is not even looked at.
+    assert "truncated.jpg" in result.stdout and "not_an_image.png" in result.stdout
+    assert "skipped 2 unreadable image(s)" in result.stdout and "notes.txt" not in result.stdout
+    rows = (out / "log.csv").read_text().splitlines()
+    assert rows[0] == "step,epoch,time,loss_d,loss_g,d_real,d_fake"
+    steps_per_epoch = (READABLE + 2) // 4                       # unreadable files are stood in for, not dropped
+    assert len(rows) == 1 + 2 * steps_per_epoch
+    assert re.search(r"trained 8 steps in [\d.]+ s \(\d+ images/s\)", result.stdout)
+    for name in ("real.png", "progress.gif", "samples/epoch_0001.png", "samples/epoch_0002.png"):
+        assert (out / name).stat().st_size > 0, name
+    ckpt = load_checkpoint(out)
+    assert (ckpt["script"], ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]) == ("dcgan64", 8, 2, 0)
+
+
+def test_samples_use_batch_statistics_and_leave_g_unchanged(trained):
+    """Grids and --generate use BatchNorm's batch statistics (see sample()): the images must vary and G's state,
+    running statistics included, must not change. Eval mode after 8 steps gives nearly one flat image, as
+    sample()'s comment says: that is checked too, so the reason for the choice stays true."""
+    ckpt = load_checkpoint(trained[0])
+    G = dcgan64.Generator(100, 8, 3)
+    G.load_state_dict(ckpt["G"])
+    z = torch.randn(64, 100, 1, 1, generator=torch.Generator().manual_seed(1))
+    images = dcgan64.sample(G, z)
+    spread = images.std(0).mean()                               # how much the 64 images differ
+    assert images.isfinite().all() and spread > 0.02            # (G's last layer is still small after 8 steps)
+    assert images.abs().mean() < 0.95                           # not saturated at -1/+1
+    assert all(torch.equal(v, ckpt["G"][k]) for k, v in G.state_dict().items())
+    with torch.no_grad():
+        assert G.eval()(z).std(0).mean() < spread / 10
+
+
+def test_generate_writes_images(trained, capsys):
+    out = trained[0]
+    dcgan64.main(["--out", str(out), "--generate", "5", *SMALL])
+    assert re.fullmatch(rf"wrote 5 images to {re.escape(str(out / 'generated'))} \(G: \d+ images/s\)\n",
+                        capsys.readouterr().out)
+    assert sorted(p.name for p in (out / "generated").iterdir()) == [f"00000{i}.png" for i in range(5)] + ["grid.png"]
+
+
+def test_cache_grayscale(photo_folder, tmp_path):
+    result = run("dcgan64.py", "--data", photo_folder, "--out", tmp_path / "run", "--cache", "--channels", "1",
+                 "--workers", "0", "--max-steps", "2", *SMALL)
+    assert result.returncode == 0, result.stderr
+    assert f"cached {READABLE} images" in result.stdout and "truncated.jpg" in result.stdout
+    assert load_checkpoint(tmp_path / "run")["G"]["net.12.weight"].shape == (8, 1, 4, 4)
+
+
+def test_resume_mid_epoch_gives_the_same_weights(trained, photo_folder, tmp_path):
+    """3 steps (mid-epoch: 4 steps an epoch) + --resume to 8 == the 8 steps straight of `trained`, bit for bit
+    (and decoding in the training process, --workers 0, gives what DataLoader workers gave)."""
+    common = ("--data", photo_folder, "--out", tmp_path / "run", "--epochs", "2", "--workers", "0", *SMALL)
+    assert run("dcgan64.py", *common, "--max-steps", "3").returncode == 0
+    assert load_checkpoint(tmp_path / "run")["batch_in_epoch"] == 3
+    result = run("dcgan64.py", *common, "--resume")
+    assert result.returncode == 0, result.stderr
+    assert "trained 5 steps" in result.stdout
+    a, b = load_checkpoint(trained[0]), load_checkpoint(tmp_path / "run")
+    assert a["step"] == b["step"] == 8 and same_weights(a, b)
+    assert (tmp_path / "run" / "log.csv").read_text().count("\n") == 1 + 8
+
+
+def test_torchrun_two_processes_keep_identical_weights(photo_folder, tmp_path):
+    result = run_torchrun("dcgan64.py", "--data", photo_folder, "--out", tmp_path / "run", "--max-steps", "3",
+                          "--workers", "0", *SMALL)
+    assert result.returncode == 0, result.stderr
+    digests = re.search(r"G weights per process \(sha256\): (\w+) (\w+)", result.stdout)
+    assert digests and digests[1] == digests[2]
+    assert "trained 3 steps" in result.stdout and result.stdout.count("trained") == 1  # one process logs
+    assert (tmp_path / "run" / "log.csv").read_text().count("\n") == 1 + 3
+    assert load_checkpoint(tmp_path / "run")["step"] == 3
+
+
+def fails_with(capsys, argv, message):
+    """main(argv) stops with exit status 1 and one line naming the problem."""
+    with pytest.raises(SystemExit) as stop:
+        dcgan64.main([str(a) for a in argv])
+    text = str(stop.value.code)
+    assert text.startswith("dcgan64.py: error: ") and "\n" not in text and message in text, text
+
+
+def test_bad_data_folders(photo_folder, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("no images")
+    (tmp_path / "broken").mkdir()
+    shutil.copy(photo_folder / "faces" / "truncated.jpg", tmp_path / "broken")
+    shutil.copy(photo_folder / "more" / "not_an_image.png", tmp_path / "broken")
+    out = ("--out", tmp_path / "run")
+    fails_with(capsys, ["--data", tmp_path / "missing", *out], "does not exist")
+    fails_with(capsys, ["--data", tmp_path / "empty", *out], "no images in")
+    fails_with(capsys, ["--data", tmp_path / "broken", *out], "no readable image in")
+    fails_with(capsys, ["--data", tmp_path / "empty" / "readme.txt", *out], "is not a folder")
+    fails_with(capsys, ["--data", photo_folder, "--batch-size", "64", *out, "--device", "cpu"], "fewer than one batch")
+
+
+def test_bad_flags_and_devices(tmp_path, capsys):
+    for flag, value in [("--batch-size", "0"), ("--lr", "-1"), ("--epochs", "0"), ("--max-steps", "0"),
+                        ("--generate", "0"), ("--ngf", "0"), ("--workers", "-1")]:
+        fails_with(capsys, [flag, value], "must be")
+    if not torch.cuda.is_available():
+        fails_with(capsys, ["--device", "cuda", "--out", tmp_path], "CUDA is not available")
+    (tmp_path / "file").write_text("")
+    fails_with(capsys, ["--out", tmp_path / "file"], "is a file")
+
+
+def test_bad_checkpoints(trained, photo_folder, tmp_path, capsys):
+    data = ("--data", photo_folder, "--device", "cpu")
+    fails_with(capsys, ["--generate", "3", "--out", tmp_path / "none"], "no checkpoint at")
+    fails_with(capsys, ["--resume", "--out", tmp_path / "none", *data], "no checkpoint at")
+    fails_with(capsys, ["--out", trained[0], *data], "already holds a run")
+    fails_with(capsys, ["--generate", "3", "--out", trained[0], "--ngf", "16", "--ndf", "8"], "--ngf 8")
+    fails_with(capsys, ["--generate", "3", "--out", trained[0], "--ngf", "8", "--ndf", "8", "--channels", "1"],
+               "--channels 3")
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "checkpoint.pt").write_bytes((trained[0] / "checkpoint.pt").read_bytes()[:5000])
+    fails_with(capsys, ["--generate", "3", "--out", tmp_path / "damaged"], "damaged")
+    ckpt = load_checkpoint(trained[0])
+    (tmp_path / "other").mkdir()
+    torch.save({**ckpt, "script": "dcgan256"}, tmp_path / "other" / "checkpoint.pt")
+    fails_with(capsys, ["--generate", "3", "--out", tmp_path / "other", "--ngf", "8", "--ndf", "8"],
+               "not written by dcgan64.py but by dcgan256.py")
+
+
+def test_nan_losses_stop_the_run_and_keep_the_checkpoint(trained, photo_folder, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(trained[0], out)
+    ckpt = load_checkpoint(out)
+    ckpt["D"] = {k: v.float().fill_(float("nan")) if v.is_floating_point() else v for k, v in ckpt["D"].items()}
+    torch.save(ckpt, out / "checkpoint.pt")
+    before = (out / "checkpoint.pt").read_bytes()
+    result = run("dcgan64.py", "--data", photo_folder, "--out", out, "--resume", "--epochs", "3", "--workers", "0",
+                 *SMALL)
+    assert result.returncode == 1                               # one line on stderr, no traceback:
+    assert re.fullmatch(r"dcgan64.py: error: losses became NaN or infinite by step \d+; the last good checkpoint"
+                        r" is kept in \S+\n", result.stderr), result.stderr
+    assert (out / "checkpoint.pt").read_bytes() == before

@@ -47,6 +47,7 @@ import itertools
 import math
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -361,6 +362,12 @@ def setup_distributed(args):
     return dist.get_rank(), world, device
 
 
+def bf16_is_native():
+    """Whether this CPU computes bfloat16 in hardware; elsewhere autocast to bfloat16 is emulated and slow."""
+    capabilities = getattr(torch.cpu, "get_capabilities", dict)()  # missing in older torch: assume yes
+    return not capabilities or any(capabilities.get(k) for k in ("avx512_bf16", "amx_bf16"))
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Checkpoints: plain tensors and values only, so torch.load(..., weights_only=True) reads them.
 # ----------------------------------------------------------------------------------------------------------
@@ -417,6 +424,44 @@ def write_gif(out):
 # ----------------------------------------------------------------------------------------------------------
 # Training (Goodfellow Algorithm 1 with the DCGAN settings)
 # ----------------------------------------------------------------------------------------------------------
+def train_step(G, D, D_frozen, opt_G, opt_D, x, z, amp):
+    """One iteration of Algorithm 1 with k = 1: a D step, then a G step, on real x (B, C, 64, 64) and noise z.
+
+    G and D may be wrapped (DDP, torch.compile); D_frozen is D without DDP, for the G step, where D's weights
+    get no gradient (DDP would wait for D gradients that never come). Returns a (4,) tensor: loss of D, loss of
+    G, D(x) and D(G(z)) as mean probabilities (no host sync).
+    """
+    ones, zeros = torch.ones(len(x), device=x.device), torch.zeros(len(x), device=x.device)  # (B,) targets
+    with amp:
+        fake = G(z)                                             # (B, C, 64, 64), used by both steps
+        # -- D step (Algorithm 1, ascend the gradient of eq. 1): maximise log D(x) + log(1 - D(G(z))), i.e.
+        # minimise BCE(D(x), 1) + BCE(D(G(z)), 0). Real and fake go through D separately, so each BatchNorm
+        # normalises an all-real or an all-fake batch, as in the paper and the tutorial. fake.detach(): G is
+        # not updated here.
+        d_real = D(x).float()                                   # (B,) logits
+        d_fake = D(fake.detach()).float()                       # (B,) logits
+        loss_d = (F.binary_cross_entropy_with_logits(d_real, ones)
+                  + F.binary_cross_entropy_with_logits(d_fake, zeros))
+    opt_D.zero_grad(set_to_none=True)
+    loss_d.backward()                                           # DDP: D's gradients averaged over processes
+    opt_D.step()                                                # Adam, detail 10
+
+    # -- G step (Goodfellow section 3, non-saturating): maximise log D(G(z)), i.e. minimise BCE(D(G(z)), 1),
+    # instead of minimising log(1 - D(G(z))). The fake batch is reused, through the updated D; D is frozen so
+    # no D weight gradient is computed.
+    D_frozen.requires_grad_(False)
+    with amp:
+        d_gen = D_frozen(fake).float()                          # (B,) logits
+        loss_g = F.binary_cross_entropy_with_logits(d_gen, ones)
+    opt_G.zero_grad(set_to_none=True)
+    loss_g.backward()                                           # DDP: G's gradients averaged over processes
+    opt_G.step()
+    D_frozen.requires_grad_(True)
+
+    d_x, d_gz = torch.sigmoid(d_real.detach()).mean(), torch.sigmoid(d_fake.detach()).mean()  # probabilities
+    return torch.stack([loss_d.detach(), loss_g.detach(), d_x, d_gz])
+
+
 def train(args):
     rank, world, device = setup_distributed(args)
     lead = rank == 0                                            # the one process that logs and writes --out
@@ -428,9 +473,9 @@ def train(args):
         fail(f"--out {out} already holds a run (checkpoint.pt): continue it with --resume, or pick another --out")
     if args.amp and device.type not in ("cpu", "cuda"):
         fail(f"--amp needs a cpu or cuda device, not {device.type}")
-    if args.amp and device.type == "cpu" and rank == 0 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        print("note: this CPU has no native bfloat16 (AVX512-BF16 or AMX): --amp will be slower, not faster",
-              flush=True)
+    if args.amp and device.type == "cpu" and rank == 0 and not bf16_is_native():
+        print("note: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX): --amp will be slower than fp32",
+              file=sys.stderr)
     ckpt = load_checkpoint(ckpt_path, args, device) if args.resume else None
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True                   # fixed shapes: let cuDNN pick its fastest kernels
@@ -501,7 +546,6 @@ def train(args):
     handlers = {sig: signal.signal(sig, lambda s, _: (signals.append(s), signal.signal(s, signal.SIG_DFL)))
                 for sig in (signal.SIGINT, signal.SIGTERM)}     # the previous handlers, restored at the end
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp)
-    ones, zeros = torch.ones(B, device=device), torch.zeros(B, device=device)
     pending, stamps, skipped_files = [], [], set()              # per-step stats, flushed with one .tolist()
     t0 = time.perf_counter() - elapsed
     first_step, t_first, t_log = step, time.perf_counter(), time.perf_counter()
@@ -565,36 +609,10 @@ def train(args):
                               f"{len(skipped_files)} so far", flush=True)
             x = to_model_range(images, device)                  # (B, C, 64, 64) real images in [-1, 1]
             z = torch.randn(B, args.z_dim, 1, 1, device=device, generator=gen)  # (B, 100, 1, 1) ~ N(0, I)
-            with amp:
-                fake = G_train(z)                               # (B, C, 64, 64), used by both steps
-
-                # -- D step (Algorithm 1, ascend the gradient of eq. 1): maximise log D(x) + log(1 - D(G(z))),
-                # i.e. minimise BCE(D(x), 1) + BCE(D(G(z)), 0). Real and fake go through D separately, so each
-                # BatchNorm normalises an all-real or an all-fake batch, as in the paper and the tutorial.
-                d_real = D_train(x).float()                     # (B,) logits
-                d_fake = D_train(fake.detach()).float()         # (B,) logits; no gradient into G
-                loss_d = (F.binary_cross_entropy_with_logits(d_real, ones)
-                          + F.binary_cross_entropy_with_logits(d_fake, zeros))
-            opt_D.zero_grad(set_to_none=True)
-            loss_d.backward()                                   # DDP: D's gradients averaged over processes
-            opt_D.step()                                        # Adam, detail 10
-
-            # -- G step (Goodfellow section 3, non-saturating): maximise log D(G(z)), i.e. minimise
-            # BCE(D(G(z)), 1) through the updated D. D is frozen, so no D weight gradient is computed.
-            D.requires_grad_(False)
-            with amp:
-                d_gen = D_frozen(fake).float()                  # (B,) logits
-                loss_g = F.binary_cross_entropy_with_logits(d_gen, ones)
-            opt_G.zero_grad(set_to_none=True)
-            loss_g.backward()                                   # DDP: G's gradients averaged over processes
-            opt_G.step()
-            D.requires_grad_(True)
-
+            stats = train_step(G_train, D_train, D_frozen, opt_G, opt_D, x, z, amp)  # (4,), on the device
             step, batch_in_epoch = step + 1, batch_in_epoch + 1
             if lead:                                            # stats of process 0's batch
-                with torch.no_grad():
-                    pending.append(torch.stack([loss_d, loss_g, torch.sigmoid(d_real).mean(),
-                                                torch.sigmoid(d_fake).mean()]))  # D(x), D(G(z)) as probabilities
+                pending.append(stats)
                 stamps.append(time.perf_counter() - t0)
                 if time.perf_counter() - t_log > args.log_every:
                     flush()

@@ -1,0 +1,65 @@
+"""dcgan256.py: the networks against design document 000's 256x256 tables, and the script through its command
+line on a folder of mixed images at batch 2 (training, --resume, --generate, a checkpoint of dcgan64.py).
+
+The code it shares with dcgan64.py (data, checkpoints, torchrun, errors) is the same text, tested in depth in
+test_dcgan64.py; here each path runs once."""
+import re
+
+import pytest
+import torch
+from torch import nn
+
+import dcgan256
+from photo_data import layer_shapes, load_checkpoint, photo_folder, run  # noqa: F401
+
+G_TABLE = [(512, 4, 4), (256, 8, 8), (128, 16, 16), (64, 32, 32), (32, 64, 64), (16, 128, 128), (8, 256, 256)]
+# After each convolution and each max-pool of 000's blocks, then after the two linear layers.
+D_TABLE = [(8, 254, 254), (8, 127, 127), (16, 127, 127), (16, 63, 63), (32, 61, 61), (32, 30, 30),
+           (64, 28, 28), (64, 14, 14), (128, 12, 12), (128, 6, 6), (256, 4, 4), (256, 2, 2), (128,), (1,)]
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_networks_match_the_design_tables(channels):
+    G, D = dcgan256.Generator(100, 8, channels), dcgan256.Discriminator(8, channels)
+    assert layer_shapes(G, torch.randn(2, 100, 1, 1), nn.ConvTranspose2d) == G_TABLE
+    assert layer_shapes(G, torch.randn(2, 100, 1, 1), nn.Conv2d) == [(channels, 256, 256)]
+    assert layer_shapes(D, torch.randn(2, channels, 256, 256), (nn.Conv2d, nn.MaxPool2d, nn.Linear)) == D_TABLE
+    assert isinstance(G.net[-1], nn.Tanh) and not any(isinstance(m, nn.LeakyReLU) for m in G.modules())
+    assert {m.negative_slope for m in D.modules() if isinstance(m, nn.LeakyReLU)} == {0.2}
+    assert not any(isinstance(m, nn.Sigmoid) for m in D.modules())
+    assert D(torch.randn(2, channels, 256, 256)).shape == (2,)
+
+
+@pytest.fixture
+def one_thread():
+    """In-process training with one math thread (see photo_data.run), restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_trains_resumes_and_generates(photo_folder, tmp_path, capsys, one_thread):
+    out = tmp_path / "run"
+    common = ("--data", photo_folder, "--out", out, "--batch-size", "2", "--device", "cpu", "--workers", "1",
+              "--log-every", "100")
+    result = run("dcgan256.py", *common, "--max-steps", "2")
+    assert result.returncode == 0, result.stderr
+    assert "truncated.jpg" in result.stdout and "trained 2 steps" in result.stdout
+    dcgan256.main([str(a) for a in common] + ["--max-steps", "3", "--resume", "--workers", "0"])
+    assert "trained 1 steps" in capsys.readouterr().out
+    assert (out / "log.csv").read_text().count("\n") == 1 + 3
+    for name in ("real.png", "progress.gif", "samples/epoch_0001.png"):
+        assert (out / name).stat().st_size > 0, name
+    ckpt = load_checkpoint(out)
+    assert (ckpt["script"], ckpt["step"], ckpt["batch_in_epoch"]) == ("dcgan256", 3, 3)
+
+    dcgan256.main(["--out", str(out), "--generate", "2", "--device", "cpu"])
+    assert re.fullmatch(r"wrote 2 images to \S+ \(G: \d+ images/s\)\n", capsys.readouterr().out)
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["G"]["net.21.weight"].shape == (3, 8, 3, 3)
+
+    # A dcgan64.py checkpoint is refused by name, in one line.
+    torch.save({**ckpt, "script": "dcgan64"}, out / "checkpoint.pt")
+    with pytest.raises(SystemExit) as stop:
+        dcgan256.main(["--out", str(out), "--generate", "2"])
+    assert str(stop.value.code) == f"dcgan256.py: error: {out / 'checkpoint.pt'} was not written by dcgan256.py but by dcgan64.py"

@@ -62,4 +62,5 @@ def test_trains_resumes_and_generates(photo_folder, tmp_path, capsys, one_thread
     torch.save({**ckpt, "script": "dcgan64"}, out / "checkpoint.pt")
     with pytest.raises(SystemExit) as stop:
         dcgan256.main(["--out", str(out), "--generate", "2"])
-    assert str(stop.value.code) == f"dcgan256.py: error: {out / 'checkpoint.pt'} was not written by dcgan256.py but by dcgan64.py"
+    assert str(stop.value.code) == (f"dcgan256.py: error: {out / 'checkpoint.pt'} was not written by dcgan256.py"
+                                    " but by dcgan64.py")

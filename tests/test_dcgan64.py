@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 import dcgan64
-from photo_data import READABLE, layer_shapes, load_checkpoint, photo_folder, run, run_torchrun, same_weights  # noqa: F401
+from photo_data import (READABLE, layer_shapes, load_checkpoint, photo_folder, run, run_torchrun,  # noqa: F401
+                        same_weights)
 
 SMALL = ("--ngf", "8", "--ndf", "8", "--batch-size", "4", "--device", "cpu", "--log-every", "100")
 

@@ -1,0 +1,171 @@
+"""Fast tests of the measuring tools in benchmarks/ on tiny inputs (the benchmarks themselves are not run here).
+
+results.py and speed.py run against tests/fake_gan_script.py copied under the five scripts' names: it follows the
+scripts' command-line contract in milliseconds, so these tests check the tools, not the GANs.
+"""
+import csv
+import math
+import shutil
+import sys
+
+import pytest
+import torch
+import torchvision
+
+from conftest import REPO, write_idx_mnist
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import mnist_quality  # noqa: E402
+import results  # noqa: E402
+import speed  # noqa: E402
+import synthetic  # noqa: E402
+
+SCRIPTS = ["vanilla_gan", "lsgan", "dcgan_mnist", "dcgan64", "dcgan256"]
+
+
+def random_spd(d, seed):
+    a = torch.randn(d, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return a @ a.T / d + 0.1 * torch.eye(d, dtype=torch.float64)
+
+
+def test_frechet_distance_of_identical_statistics_is_zero():
+    s = random_spd(16, 0)
+    mu = torch.randn(16, dtype=torch.float64)
+    assert mnist_quality.frechet_distance(mu, s, mu, s) == pytest.approx(0, abs=1e-8)
+
+
+def test_frechet_distance_matches_the_closed_form():
+    d = 16
+    s1 = random_spd(d, 1)
+    mu1, mu2 = torch.zeros(d, dtype=torch.float64), torch.full((d,), 0.5, dtype=torch.float64)
+    # S2 = 4 S1: Tr(S1) + Tr(4 S1) - 2 Tr(2 S1) = Tr(S1); plus |mu1 - mu2|^2 = 16 * 0.25
+    assert mnist_quality.frechet_distance(mu1, s1, mu2, 4 * s1) == pytest.approx(4 + s1.trace().item(), rel=1e-9)
+    # diagonal covariances: sum of (sqrt(a) - sqrt(b))^2
+    a, b = torch.rand(d, dtype=torch.float64) + 0.1, torch.rand(d, dtype=torch.float64) + 0.1
+    expected = 4 + ((a.sqrt() - b.sqrt()) ** 2).sum().item()
+    assert mnist_quality.frechet_distance(mu1, a.diag(), mu2, b.diag()) == pytest.approx(expected, rel=1e-9)
+
+
+def test_frechet_distance_of_samples_from_shifted_gaussians():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(20000, 4, generator=g, dtype=torch.float64)
+    y = torch.randn(20000, 4, generator=g, dtype=torch.float64) + torch.tensor([1.0, 0, 0, 0], dtype=torch.float64)
+    d = mnist_quality.frechet_distance(*mnist_quality.gaussian_stats(x), *mnist_quality.gaussian_stats(y))
+    assert d == pytest.approx(1.0, abs=0.05)
+
+
+def test_coverage_of_one_class_is_zero_and_of_all_classes_even_is_one():
+    one = torch.nn.functional.one_hot(torch.full((50,), 3), 10).double()
+    even = torch.nn.functional.one_hot(torch.arange(50) % 10, 10).double()
+    assert mnist_quality.coverage(one)[0] == 0 and mnist_quality.coverage(one)[2] == 1
+    entropy, hist, covered = mnist_quality.coverage(even)
+    assert entropy == pytest.approx(1.0) and covered == 10 and hist == [0.1] * 10
+
+
+def write_folder(folder, images):
+    folder.mkdir(parents=True)
+    for i, im in enumerate(images):
+        torchvision.io.write_png(im.reshape(1, *im.shape[-2:]).contiguous(), str(folder / f"{i:06d}.png"))
+    torchvision.io.write_png(images[0].reshape(1, *images.shape[-2:]), str(folder / "grid.png"))  # ignored
+    return folder
+
+
+@pytest.fixture(scope="module")
+def patterns(tmp_path_factory):
+    """A tiny MNIST whose classes stay apart under the classifier's 2-pixel shifts (tiny_mnist's bars do not)."""
+    return synthetic.write_mnist(tmp_path_factory.mktemp("patterns"), n_per_class=26)
+
+
+@pytest.fixture(scope="module")
+def yardstick(patterns, tmp_path_factory):
+    return mnist_quality.Yardstick(patterns, cache=tmp_path_factory.mktemp("cache") / "cls.pt", steps=60, log=None)
+
+
+def test_classifier_trains_on_tiny_mnist_and_scores_folders(yardstick, tmp_path):
+    images, labels = synthetic.digit_patterns(26)  # the same digits as in the yardstick's MNIST
+    assert yardstick.same_digits and yardstick.n_train + yardstick.n_ref == len(images)
+    assert yardstick.accuracy > 0.9
+    balanced = yardstick.score_folder(write_folder(tmp_path / "balanced", images[:100]))
+    one_class = yardstick.score_folder(write_folder(tmp_path / "ones", images[labels == 1]))
+    assert balanced["n"] == 100 and balanced["coverage"] > 0.9 and balanced["classes_covered"] == 10
+    assert one_class["coverage"] < 0.2 and one_class["classes_covered"] == 1
+    assert balanced["distance"] < one_class["distance"]
+    assert 0 <= balanced["floor"] < one_class["distance"] and balanced["confidence"] > 0.5
+    # 64x64 images (dcgan64.py's size) are resized to 28x28
+    big = torch.nn.functional.interpolate(images[:100, None].float(), size=(64, 64), mode="bilinear")
+    scores64 = yardstick.score_folder(write_folder(tmp_path / "big", big.round().to(torch.uint8)))
+    assert scores64["coverage"] > 0.9
+    assert math.isfinite(yardstick.floor(size=64))
+
+
+def test_classifier_cache_is_keyed_by_the_training_data(tmp_path):
+    root_a = synthetic.write_mnist(tmp_path / "a", n_per_class=10)
+    cache = tmp_path / "cls.pt"
+    said = []
+    mnist_quality.Yardstick(root_a, cache=cache, steps=5, log=said.append)
+    assert any("training" in s for s in said)
+    said.clear()
+    mnist_quality.Yardstick(root_a, cache=cache, steps=5, log=said.append)
+    assert said == []  # loaded from the cache
+    root_b = synthetic.write_mnist(tmp_path / "b", n_per_class=10, seed=1)
+    mnist_quality.Yardstick(root_b, cache=cache, steps=5, log=said.append)
+    assert any("training" in s for s in said)  # other digits: trained again
+
+
+def test_mnist_quality_command_line(tiny_mnist, tmp_path, capsys):
+    images, _ = write_idx_mnist(tmp_path / "unused")
+    folder = write_folder(tmp_path / "gen", images[:50])
+    mnist_quality.main(["--data", str(tiny_mnist), "--cache", str(tmp_path / "c.pt"), "--classifier-steps", "5",
+                        str(folder)])
+    out = capsys.readouterr().out
+    assert "floor (real vs real)" in out and f"{folder}: 50 images, distance" in out
+    with pytest.raises(SystemExit, match="no numbered PNGs"):
+        mnist_quality.main(["--data", str(tiny_mnist), "--cache", str(tmp_path / "c.pt"), "--classifier-steps", "5",
+                            str(tmp_path)])
+
+
+@pytest.fixture
+def fake_scripts(tmp_path):
+    folder = tmp_path / "scripts"
+    folder.mkdir()
+    for name in SCRIPTS:
+        shutil.copy(REPO / "tests" / "fake_gan_script.py", folder / f"{name}.py")
+    return folder
+
+
+def test_results_quick_run_writes_tables_and_plots(fake_scripts, tiny_mnist, tmp_path, capsys):
+    out = tmp_path / "results"
+    results.main(["--mnist", str(tiny_mnist), "--quick", "--scripts-dir", str(fake_scripts), "--results", str(out),
+                  "--runs", str(tmp_path / "runs"), "--cache", str(tmp_path / "cache" / "cls.pt")])
+    with open(out / "quality.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["script"], r["epoch"]) for r in rows] == [(s, e) for s in SCRIPTS[:4] for e in ("1", "2")]
+    assert all(r["n_generated"] == "64" and 0 <= float(r["coverage"]) <= 1 for r in rows)
+    assert [r["steps"] for r in rows[:2]] == ["4", "8"]  # resumed to epoch 2
+    quality = (out / "quality.md").read_text()
+    assert "`dcgan64.py`" in quality and "real digits (half B)" in quality
+    losses = (out / "losses_5.md").read_text()
+    assert "| `lsgan.py` | 0.239 | 0.165 | 1.3000 | 0.8000 |" in losses
+    for name in SCRIPTS[:4]:
+        assert (out / f"samples_{name}.png").is_file() and (out / f"progress_{name}.gif").is_file()
+    if results.common.have_matplotlib():
+        assert (out / "quality_vs_time.png").stat().st_size > 0 and (out / "losses_vanilla_gan.png").is_file()
+
+
+def test_results_budget_defaults_to_the_scripts_epochs(fake_scripts):
+    args = results.parse_args(["--mnist", "x", "--scripts-dir", str(fake_scripts), "--budget", "lsgan=7"])
+    assert results.checkpoint_epochs(args, "vanilla_gan") == [1, 2, 3]  # the fake's default --epochs is 3
+    assert results.checkpoint_epochs(args, "lsgan") == [1, 2, 5, 7]
+
+
+def test_speed_quick_run_measures_every_script(fake_scripts, tmp_path, capsys):
+    out = tmp_path / "results"
+    assert speed.main(["--quick", "--scripts-dir", str(fake_scripts), "--results", str(out)]) == 0
+    with open(out / "speed.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["script"] for r in rows] == SCRIPTS
+    # the fake logs 0.01 s per step: 100 batches/s
+    assert all(float(r["train_images_per_s"]) == pytest.approx(100 * int(r["batch"]), rel=0.01) for r in rows)
+    assert all(float(r["g_images_per_s"]) == 12345 and int(r["peak_rss_mib"]) > 0 for r in rows)
+    md = (out / "speed.md").read_text()
+    assert "torch " + torch.__version__ in md and "`dcgan256.py` | 2 | fp32" in md

@@ -223,7 +223,7 @@ def coverage(probs, num_classes=10, min_share=MIN_SHARE):
     counts = torch.bincount(probs.argmax(1), minlength=num_classes).double()
     share = counts / counts.sum()
     nz = share[share > 0]
-    entropy = float(-(nz * nz.log()).sum() / math.log(num_classes))
+    entropy = max(0.0, float(-(nz * nz.log()).sum() / math.log(num_classes)))  # no -0.0
     return entropy, share.tolist(), int((share >= min_share).sum())
 
 

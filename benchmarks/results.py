@@ -48,8 +48,8 @@ CHECKPOINTS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]
 QUALITY = {
     "vanilla_gan": dict(flags=[], sec_per_epoch=4),
     "lsgan": dict(flags=[], sec_per_epoch=4),
-    "dcgan_mnist": dict(flags=[], sec_per_epoch=25),
-    "dcgan64": dict(flags=["--channels", "1", "--cache"], sec_per_epoch=1500, images=True),
+    "dcgan_mnist": dict(flags=[], sec_per_epoch=26),
+    "dcgan64": dict(flags=["--channels", "1", "--cache"], sec_per_epoch=400, images=True),
 }
 NETWORK_FLAGS = {"dcgan64": ["--channels", "1"]}  # also needed by --generate
 QUICK_FLAGS = {"vanilla_gan": ["--batch-size", "16", "--g-hidden", "32", "--d-hidden", "32"],
@@ -120,8 +120,10 @@ def estimate_minutes(args, n_digits):
         for name in args.scripts:
             epochs = checkpoint_epochs(args, name)
             total += epochs[-1] * QUALITY[name]["sec_per_epoch"] * scale + 20 * len(epochs)
-    if "losses" in args.only:
-        total += 700  # dcgan_mnist's 3750 steps when its quality run cannot be reused, and the two MLPs
+    if "losses" in args.only:  # the steps from the end of each quality run (or from 0) to 3750
+        for name in DOC_3750:
+            done = checkpoint_epochs(args, name)[-1] * n_digits // 128 if name in args.scripts else 0
+            total += max(0, STEP_3750 - done) * QUALITY[name]["sec_per_epoch"] / 78 + 10
     return total / 60
 
 
@@ -316,22 +318,26 @@ def losses_section(args, data, machine):
     results = Path(args.results)
     rows = []
     for name, (doc_d, doc_g) in DOC_3750.items():
-        quality_out = Path(args.runs) / name
-        source = None
+        quality_out, out = Path(args.runs) / name, Path(args.runs) / f"{name}_step{target}"
+        reusable = False
         if (quality_out / "checkpoint.pt").is_file() and not args.quick:
             ck_args = torch.load(quality_out / "checkpoint.pt", map_location="cpu", weights_only=True)["args"]
-            log = common.read_log(quality_out / "log.csv")
-            if all(ck_args.get(k) == v for k, v in SETTINGS_3750.items()) and len(log) >= target:
-                source = f"quality run `benchmarks/runs/{name}`"
-        if source is None:
-            out = Path(args.runs) / f"{name}_step{target}"
+            reusable = all(ck_args.get(k) == v for k, v in SETTINGS_3750.items())
+        if reusable and common.read_log(quality_out / "log.csv")[-1]["step"] >= target:
+            log, source = common.read_log(quality_out / "log.csv"), f"the quality run of `{name}.py`"
+        else:
+            # a quality run with these settings that stopped earlier is continued (resume is exact), else a new run
             if out.exists():
                 shutil.rmtree(out)
+            if reusable:
+                shutil.copytree(quality_out, out, ignore=shutil.ignore_patterns("generated"))
             common.run_script(f"{name}.py", "--data", data, "--out", out, "--epochs", 100000, "--max-steps", target,
                               "--log-every", 60, *FLAGS_3750, *(QUICK_NETWORK_FLAGS.get(name, []) if args.quick else []),
-                              log=out.parent / f"{out.name}.txt", scripts_dir=args.scripts_dir)
+                              *(["--resume"] if reusable else []), log=out.parent / f"{out.name}.txt",
+                              scripts_dir=args.scripts_dir)
             log = common.read_log(out / "log.csv")
-            source = f"`{name}.py --max-steps {target}`"
+            source = (f"the quality run of `{name}.py`, continued by `--resume --max-steps {target}`" if reusable
+                      else f"`{name}.py --max-steps {target}`")
         at = next(r for r in log if r["step"] == target)
         window = [r for r in log if target - SMOOTH < r["step"] <= target]
         mean_d = sum(r["loss_d"] for r in window) / len(window)

@@ -9,11 +9,12 @@ steps (--max-steps). Figures:
   from the `time` column of log.csv (per-step wall clock, so start-up, data loading before the first step and the
   warm-up steps are left out; on CUDA the clock is read without a sync, which evens out over the measured steps);
 - G images/s: the `wrote N images ... (G: X images/s)` line of --generate N (G's forward passes only);
-- peak memory: the largest resident set size of the script's main process (ru_maxrss), its DataLoader worker
-  processes not included; on CUDA also torch.cuda.max_memory_allocated(). Each run is a fresh process, started by
-  a few lines put before the script (runpy) that read these numbers when it ends; the script itself is unchanged.
-Data: MNIST from --mnist and photos from --images (repeated with symbolic links when there are fewer than two
-batches of them, so decoding cost is real); either one missing -> small synthetic data in a temporary folder
+- peak memory of the training steps: the largest resident set size of the script's main process (sampled every
+  2 ms up to the last optimizer step, so the sample grid written at the end is left out; DataLoader worker
+  processes not included); on CUDA also torch.cuda.max_memory_allocated() at the last step. Each run is a fresh
+  process, started by a few lines put before the script (runpy); the script itself is unchanged.
+Data: MNIST from --mnist and photos from --images (repeated with symbolic links so that a measured run stays within
+one epoch, with real decoding cost); either one missing -> small synthetic data in a temporary folder
 (benchmarks/synthetic.py), so the tool runs anywhere (images/s do not depend on what the pixels show).
 Writes benchmarks/results/speed.md and speed.csv with the device, CPU, core count and torch version.
 """
@@ -39,18 +40,43 @@ CONFIGS = [
 ]
 QUICK = {"vanilla_gan": [16], "lsgan": [16], "dcgan_mnist": [16], "dcgan64": [4], "dcgan256": [2]}
 MEMORY_TAG = "speed.py memory:"
-# Put before the script: runs it as __main__ and reports the process's peak memory when it ends.
+# Put before the script: runs it as __main__ and reports the peak memory of its training steps when it ends. A
+# thread samples the resident set size every 2 ms; an optimizer-step hook (installed as soon as the script has
+# imported torch.optim) marks the last step, so the sample grid and checkpoint written after it are left out.
 WRAPPER = f"""
-import resource, runpy, sys
+import os, resource, runpy, sys, threading, time
 path = sys.argv[1]
 sys.argv = sys.argv[1:]
+samples, last_step, cuda_peak, done = [], [0.0], [0], threading.Event()
+page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+def on_step(*_):
+    last_step[0] = time.perf_counter()
+    torch = sys.modules["torch"]
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        cuda_peak[0] = torch.cuda.max_memory_allocated()
+
+def poll():
+    hooked = False
+    while not done.wait(0.002):
+        if not hooked and "torch.optim" in sys.modules:
+            sys.modules["torch.optim"].optimizer.register_optimizer_step_post_hook(on_step)
+            hooked = True
+        try:
+            with open("/proc/self/statm") as f:
+                samples.append((time.perf_counter(), int(f.read().split()[1]) * page))
+        except OSError:
+            return
+
+threading.Thread(target=poll, daemon=True).start()
 try:
     runpy.run_path(path, run_name="__main__")
 finally:
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-    torch = sys.modules.get("torch")
-    cuda = torch.cuda.max_memory_allocated() if torch and torch.cuda.is_available() else 0
-    print("{MEMORY_TAG} peak_rss_bytes", rss, "cuda_peak_bytes", cuda, flush=True)
+    done.set()
+    during = [rss for t, rss in samples if t <= last_step[0]]
+    peak = max(during) if during else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (
+        1 if sys.platform == "darwin" else 1024)
+    print("{MEMORY_TAG} peak_rss_bytes", peak, "cuda_peak_bytes", cuda_peak[0], flush=True)
 """
 
 
@@ -71,9 +97,9 @@ def parse_args(argv=None):
 
 
 def image_folder(src, tmp, n_needed):
-    """A folder with at least n_needed photos: src itself, or links repeating its photos, or synthetic ones."""
+    """A folder with at least n_needed photos: src itself, or links repeating its photos (or synthetic ones)."""
     if src is None:
-        return synthetic.write_image_folder(Path(tmp) / "synthetic-photos", n=max(n_needed, 8))
+        src = synthetic.write_image_folder(Path(tmp) / "synthetic-photos", n=min(n_needed, 64))
     suffixes = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
     photos = sorted(p for p in Path(src).rglob("*") if p.suffix.lower() in suffixes)
     if not photos:
@@ -112,7 +138,7 @@ def measure(script, data, batch, amp, warmup, steps, n_generate, flags, args, tm
 
 def estimate_minutes(configs, args):
     """Rough minutes on a 2-core CPU (start-up and generation included), printed before starting."""
-    rough = {"vanilla_gan": 0.5, "lsgan": 0.5, "dcgan_mnist": 1.5, "dcgan64": 5, "dcgan256": 10}
+    rough = {"vanilla_gan": 0.4, "lsgan": 0.4, "dcgan_mnist": 1, "dcgan64": 2.5, "dcgan256": 2.5}  # per precision
     runs = 1 if args.no_amp else 2
     return sum(rough[c[0]] * runs * args.steps_scale for c in configs)
 
@@ -130,7 +156,8 @@ def write_markdown(rows, machine, args, path, notes):
         f"Machine: {common.machine_line(machine)}.\n",
         f"Command: `{cmd}`\n",
         "Training images/s from log.csv's per-step times after the warm-up steps; G images/s from `--generate` "
-        "(G's forward passes only); peak RSS of the script's main process (DataLoader workers not counted). "
+        "(G's forward passes only); peak RSS of the script's main process during the training steps (DataLoader "
+        "workers not counted). "
         "Each script with its default settings apart from the batch size; `--amp` is bfloat16 autocast.\n",
         *notes,
         common.md_table(header, table)])
@@ -152,15 +179,17 @@ def main(argv=None):
     results.mkdir(parents=True, exist_ok=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="gan-speed-") as tmp:
-        max_batch = max((b for c in configs for b in (QUICK[c[0]] if args.quick else c[2])), default=1)
-        mnist = args.mnist or str(synthetic.write_mnist(Path(tmp) / "mnist", n_per_class=max(26, max_batch // 4)))
+        # enough images that no epoch ends (and writes a sample grid) during a measured run
+        per_run = max((b * (round(c[3][1] * args.steps_scale) + c[3][0] + 1) if not args.quick else b * 4
+                       for c in configs for b in (QUICK[c[0]] if args.quick else c[2])), default=1)
+        mnist = args.mnist or str(synthetic.write_mnist(Path(tmp) / "mnist", n_per_class=-(-per_run // 10)))
         if not args.mnist:
             notes.append("MNIST scripts: synthetic digits (no --mnist given).\n")
         images = None
         if any(c[1] == "images" for c in configs):
-            images = str(image_folder(args.images, tmp, 2 * max_batch))
+            images = str(image_folder(args.images, tmp, per_run))
             notes.append(f"Photo scripts: {'the photos of ' + args.images if args.images else 'synthetic photos'}"
-                         f"{', repeated by links to fill two batches' if images != args.images else ''}.\n")
+                         f"{', repeated by links so that a run stays within one epoch' if images != args.images else ''}.\n")
         for script, kind, batches, (warmup, steps), n_gen, flags in configs:
             if args.quick:
                 batches, warmup, steps, n_gen = QUICK[script], 1, 2, 8

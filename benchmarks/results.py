@@ -215,7 +215,8 @@ def quality_markdown(rows, ys, args, machine):
     data_note = (f"the {ys.n_train + ys.n_ref} digits of the MNIST train split under `--mnist`; its test split holds "
                  "the same digits" if ys.same_digits else "the MNIST train split under `--mnist`")
     real = ys.real
-    floor_text = f"{ys.floor(ys.h):.2f}"
+    n_fd = int(rows[0]["n_fd"]) if rows else ys.h
+    floor_text = f"{ys.floor(n_fd):.2f}"
     header = ["script", "epochs", "steps", "wall time", "distance (lower is better)", "real-vs-real floor",
               "confidence", "coverage", "classes >= 5%"]
     table = [[f"`{r['script']}.py`", r["epoch"], r["steps"], fmt_time(r["time_s"]), f"{float(r['distance']):.2f}",
@@ -234,7 +235,8 @@ def quality_markdown(rows, ys, args, machine):
         + ("These are the 10,000 official MNIST test digits when `--mnist` is `../shared/data/mnist`; figures on the "
            "60,000 training digits would differ. " if ys.same_digits else "")
         + f"Each checkpoint scores {n_gen} generated images with `benchmarks/mnist_quality.py`: {ys.describe()}. "
-        f"Distance = Frechet distance of the classifier's 128-d features (n={ys.h} generated vs {ys.h} real); "
+        f"Distance = Frechet distance of the classifier's 128-d features (n={n_fd} generated vs {n_fd} real, "
+        f"against a fixed half of {ys.h} real digits); "
         "the floor is the same distance for real digits it never saw (for dcgan64.py: real digits resized to "
         "64x64 and back, as its images are). These are not Inception FIDs and are not comparable with them.\n",
         f"Command: `{command_line(args)}`\n",

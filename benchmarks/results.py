@@ -395,7 +395,7 @@ def main(argv=None):
                 script_data = str(export_pngs(train_x, Path(args.cache).parent / f"mnist-png-{key}"))
             rows += quality_run(name, args, script_data, ys, results)
             write_rows(csv_path, rows)
-        plot_quality(rows, results / "quality_vs_time.png", ys.floor(ys.h))
+        plot_quality(rows, results / "quality_vs_time.png", ys.floor(int(rows[0]["n_fd"]) if rows else None))
         (results / "quality.md").write_text(quality_markdown(rows, ys, args, machine))
         print(f"wrote {results / 'quality.md'} and {csv_path}")
     if "losses" in args.only:

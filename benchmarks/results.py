@@ -272,6 +272,8 @@ def plot_quality(rows, path, floor):
                 ax.annotate(str(r["epoch"]), (x, float(r[key])), fontsize=7, xytext=(3, 3), textcoords="offset points")
     axes[0].axhline(floor, color="gray", ls="--", label="real vs real")
     axes[0].set_yscale("log")
+    axes[1].set_ylim(0, 1.02)
+    axes[2].set_ylim(0, 1.02)
     for ax, title in zip(axes, ("Frechet distance (classifier features, lower is better)",
                                 "mean classifier confidence", "class coverage (normalised entropy)")):
         ax.set_xscale("log")

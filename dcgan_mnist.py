@@ -41,7 +41,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 from torchvision.transforms.functional import to_pil_image
-from torchvision.utils import make_grid, save_image
+from torchvision.utils import save_image
 
 SCRIPT = Path(__file__).stem
 NETWORK_FLAGS = ("z_dim",)  # must match between a checkpoint and the flags
@@ -207,6 +207,25 @@ def load_checkpoint(path, args, device):
     return ckpt
 
 
+def sample(G, z):
+    """G(z) for the sample grids and --generate, with BatchNorm on the statistics of this batch of samples.
+
+    003 keeps G "always training"; eval mode (running statistics) would give nearly flat images early in a run,
+    before the running averages (momentum 0.1, starting at mean 0, variance 1) have caught up. Over 64 or more
+    samples a sample hardly depends on the others. track_running_stats is switched off for the call, so the
+    running statistics (and with them the checkpoint and the bit-for-bit resume) are left untouched.
+    """
+    norms = [m for m in G.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.track_running_stats = False
+    try:
+        with torch.no_grad():
+            return G.train()(z)
+    finally:
+        for m in norms:
+            m.track_running_stats = True
+
+
 def write_gif(out):
     frames = [to_pil_image(torchvision.io.read_image(str(p))) for p in sorted((out / "samples").glob("*.png"))]
     frames[0].save(out / "progress.gif", save_all=True, append_images=frames[1:], duration=200, loop=0)
@@ -322,10 +341,7 @@ def train(args):
 
     def checkpoint():
         flush()
-        G.eval()                                                # BatchNorm with its running statistics
-        with torch.no_grad():
-            grid = (G(fixed_z).float() + 1) / 2                 # (64, 1, 28, 28) in [0, 1]
-        G.train()
+        grid = (sample(G, fixed_z).float() + 1) / 2             # (64, 1, 28, 28) in [0, 1]
         save_image(grid, out / "samples" / f"epoch_{epoch + (batch_in_epoch > 0):04d}.png", nrow=8)
         write_gif(out)
         save_checkpoint(ckpt_path, {
@@ -364,7 +380,7 @@ def generate(args):
     device = pick_device(args.device)
     out = Path(args.out)
     ckpt = load_checkpoint(out / "checkpoint.pt", args, device)
-    G = Generator(args.z_dim).to(device).eval()
+    G = Generator(args.z_dim).to(device)
     G.load_state_dict(ckpt["G"])
     gen = torch.Generator(device).manual_seed(args.seed)
     folder = out / "generated"
@@ -372,9 +388,10 @@ def generate(args):
     images, seconds = [], 0.0
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
         for start in range(0, args.generate, 500):
-            z = torch.randn(min(500, args.generate - start), args.z_dim, device=device, generator=gen)
+            b = min(500, args.generate - start)
+            z = torch.randn(max(b, 64), args.z_dim, device=device, generator=gen)  # >= 64: see sample()
             t = time.perf_counter()
-            x = G(z)                                            # (b, 1, 28, 28)
+            x = sample(G, z)[:b]                                # (b, 1, 28, 28)
             images.append(((x.float() + 1) / 2).clamp_(0, 1).cpu())  # .cpu() waits for the device
             seconds += time.perf_counter() - t
     images = torch.cat(images)

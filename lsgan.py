@@ -42,7 +42,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 from torchvision.transforms.functional import to_pil_image
-from torchvision.utils import make_grid, save_image
+from torchvision.utils import save_image
 
 SCRIPT = Path(__file__).stem
 NETWORK_FLAGS = ("z_dim", "g_hidden", "d_hidden", "g_act")  # must match between a checkpoint and the flags
@@ -323,10 +323,8 @@ def train(args):
 
     def checkpoint():
         flush()
-        G.eval()                                                # no BatchNorm or dropout: eval == train here
-        with torch.no_grad():
+        with torch.no_grad():                                   # (G has no BatchNorm: train mode = eval mode)
             grid = (G(fixed_z).float() + 1) / 2                 # (64, 1, 28, 28) in [0, 1]
-        G.train()
         save_image(grid, out / "samples" / f"epoch_{epoch + (batch_in_epoch > 0):04d}.png", nrow=8)
         write_gif(out)
         save_checkpoint(ckpt_path, {
@@ -365,7 +363,7 @@ def generate(args):
     device = pick_device(args.device)
     out = Path(args.out)
     ckpt = load_checkpoint(out / "checkpoint.pt", args, device)
-    G = Generator(args.z_dim, args.g_hidden, args.g_act).to(device).eval()
+    G = Generator(args.z_dim, args.g_hidden, args.g_act).to(device)
     G.load_state_dict(ckpt["G"])
     gen = torch.Generator(device).manual_seed(args.seed)
     folder = out / "generated"

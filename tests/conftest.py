@@ -2,6 +2,7 @@
 
 The tests never read ../shared or the network: they make their own data, in the formats the scripts read.
 """
+import os
 import struct
 import subprocess
 import sys
@@ -11,6 +12,11 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
+pytest_plugins = ["photo_data"]  # the photo-folder fixture of the dcgan64/dcgan256 tests
+# The tests train on batches of a few images: one thread is as fast as two there, and it keeps OpenMP's threads
+# from stalling each other when the machine is busy with something else. Subprocesses get the same setting.
+torch.set_num_threads(1)
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def write_idx_mnist(root, n=256, seed=0):
@@ -42,5 +48,5 @@ def tiny_mnist(tmp_path_factory):
 
 def run_script(script, *args, env=None, timeout=300):
     """Run one of the top-level scripts through its command line, as a user would; returns the CompletedProcess."""
-    return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=REPO, env=env or ONE_THREAD,
                           capture_output=True, text=True, timeout=timeout)

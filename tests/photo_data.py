@@ -3,7 +3,6 @@ layout and format they must read, a command-line runner, and a recorder of the s
 
 PIL is used here only, to write the formats torchvision cannot encode (BMP, WebP, CMYK, RGBA, 16-bit).
 """
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from conftest import REPO, run_script
+from conftest import REPO
 
 sys.path.insert(0, str(REPO))                                   # the scripts are imported for their networks
 
@@ -47,12 +46,6 @@ def write_photo_folder(root):
 @pytest.fixture(scope="session")
 def photo_folder(tmp_path_factory):
     return write_photo_folder(tmp_path_factory.mktemp("photos") / "photos")
-
-
-def run(script, *args):
-    """The script's command line with one math thread (the machine running the tests may be busy: two
-    threads waiting on each other at every small operation make tiny networks many times slower)."""
-    return run_script(script, *args, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def run_torchrun(script, *args, processes=2):

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 import dcgan256
-from photo_data import layer_shapes, load_checkpoint, photo_folder, run  # noqa: F401
+from conftest import run_script
+from photo_data import layer_shapes, load_checkpoint
 
 G_TABLE = [(512, 4, 4), (256, 8, 8), (128, 16, 16), (64, 32, 32), (32, 64, 64), (16, 128, 128), (8, 256, 256)]
 # After each convolution and each max-pool of 000's blocks, then after the two linear layers.
@@ -30,20 +31,11 @@ def test_networks_match_the_design_tables(channels):
     assert D(torch.randn(2, channels, 256, 256)).shape == (2,)
 
 
-@pytest.fixture
-def one_thread():
-    """In-process training with one math thread (see photo_data.run), restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_trains_resumes_and_generates(photo_folder, tmp_path, capsys, one_thread):
+def test_trains_resumes_and_generates(photo_folder, tmp_path, capsys):
     out = tmp_path / "run"
     common = ("--data", photo_folder, "--out", out, "--batch-size", "2", "--device", "cpu", "--workers", "1",
               "--log-every", "100")
-    result = run("dcgan256.py", *common, "--max-steps", "2")
+    result = run_script("dcgan256.py", *common, "--max-steps", "2")
     assert result.returncode == 0, result.stderr
     assert "truncated.jpg" in result.stdout and "trained 2 steps" in result.stdout
     dcgan256.main([str(a) for a in common] + ["--max-steps", "3", "--resume", "--workers", "0"])

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 import dcgan64
-from photo_data import (READABLE, layer_shapes, load_checkpoint, photo_folder, run, run_torchrun,  # noqa: F401
+from conftest import run_script
+from photo_data import (READABLE, layer_shapes, load_checkpoint, run_torchrun,
                         same_weights)
 
 SMALL = ("--ngf", "8", "--ndf", "8", "--batch-size", "4", "--device", "cpu", "--log-every", "100")
@@ -44,7 +45,7 @@ def test_networks_match_the_design_tables(width, channels):
 def trained(photo_folder, tmp_path_factory):
     """Two epochs on the mixed folder with DataLoader workers, then --generate."""
     out = tmp_path_factory.mktemp("dcgan64") / "run"
-    result = run("dcgan64.py", "--data", photo_folder, "--out", out, "--epochs", "2", "--workers", "1", *SMALL)
+    result = run_script("dcgan64.py", "--data", photo_folder, "--out", out, "--epochs", "2", "--workers", "1", *SMALL)
     assert result.returncode == 0, result.stderr
     return out, result
 
@@ -91,7 +92,7 @@ def test_generate_writes_images(trained, capsys):
 
 
 def test_cache_grayscale(photo_folder, tmp_path):
-    result = run("dcgan64.py", "--data", photo_folder, "--out", tmp_path / "run", "--cache", "--channels", "1",
+    result = run_script("dcgan64.py", "--data", photo_folder, "--out", tmp_path / "run", "--cache", "--channels", "1",
                  "--workers", "0", "--max-steps", "2", *SMALL)
     assert result.returncode == 0, result.stderr
     assert f"cached {READABLE} images" in result.stdout and "truncated.jpg" in result.stdout
@@ -102,9 +103,9 @@ def test_resume_mid_epoch_gives_the_same_weights(trained, photo_folder, tmp_path
     """3 steps (mid-epoch: 4 steps an epoch) + --resume to 8 == the 8 steps straight of `trained`, bit for bit
     (and decoding in the training process, --workers 0, gives what DataLoader workers gave)."""
     common = ("--data", photo_folder, "--out", tmp_path / "run", "--epochs", "2", "--workers", "0", *SMALL)
-    assert run("dcgan64.py", *common, "--max-steps", "3").returncode == 0
+    assert run_script("dcgan64.py", *common, "--max-steps", "3").returncode == 0
     assert load_checkpoint(tmp_path / "run")["batch_in_epoch"] == 3
-    result = run("dcgan64.py", *common, "--resume")
+    result = run_script("dcgan64.py", *common, "--resume")
     assert result.returncode == 0, result.stderr
     assert "trained 5 steps" in result.stdout
     a, b = load_checkpoint(trained[0]), load_checkpoint(tmp_path / "run")
@@ -180,7 +181,7 @@ def test_nan_losses_stop_the_run_and_keep_the_checkpoint(trained, photo_folder, 
     ckpt["D"] = {k: v.float().fill_(float("nan")) if v.is_floating_point() else v for k, v in ckpt["D"].items()}
     torch.save(ckpt, out / "checkpoint.pt")
     before = (out / "checkpoint.pt").read_bytes()
-    result = run("dcgan64.py", "--data", photo_folder, "--out", out, "--resume", "--epochs", "3", "--workers", "0",
+    result = run_script("dcgan64.py", "--data", photo_folder, "--out", out, "--resume", "--epochs", "3", "--workers", "0",
                  *SMALL)
     assert result.returncode == 1                               # one line on stderr, no traceback:
     assert re.fullmatch(r"dcgan64.py: error: losses became NaN or infinite by step \d+; the last good checkpoint"

@@ -218,3 +218,12 @@ def test_damaged_checkpoint_and_missing_mnist_from_the_command_line(tiny_mnist, 
     assert len(done.stderr.strip().splitlines()) == 1
     assert f"MNIST is not in {tmp_path / 'nothing' / 'MNIST' / 'raw'}" in done.stderr
     shutil.rmtree(tmp_path / "nothing", ignore_errors=True)
+
+
+def test_dcgan_samples_use_batch_statistics_and_leave_running_statistics_alone():
+    dcgan_mnist = importlib.import_module("dcgan_mnist")
+    G = dcgan_mnist.Generator()
+    before = {k: v.clone() for k, v in G.state_dict().items()}
+    images = dcgan_mnist.sample(G, torch.randn(64, 96))
+    assert images.shape == (64, 1, 28, 28) and images.std() > 0.01  # not the flat image eval mode gives at init
+    assert all(torch.equal(before[k], v) for k, v in G.state_dict().items())

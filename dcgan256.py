@@ -220,7 +220,7 @@ def build(args, device):
     G.apply(init_weights), D.apply(init_weights)
     G = G.to(device, memory_format=torch.channels_last)
     D = D.to(device, memory_format=torch.channels_last)
-    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    fast = {"fused": True} if device.type in ("cuda", "cpu") else {}  # one kernel for all parameters
     opt_G = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.beta1, 0.999), **fast)
     opt_D = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.beta1, 0.999), **fast)
     return G, D, opt_G, opt_D

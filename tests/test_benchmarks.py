@@ -15,6 +15,7 @@ import torchvision
 from conftest import REPO, write_idx_mnist
 
 sys.path.insert(0, str(REPO / "benchmarks"))
+import baseline_dcgan64  # noqa: E402
 import mnist_quality  # noqa: E402
 import results  # noqa: E402
 import speed  # noqa: E402
@@ -169,3 +170,9 @@ def test_speed_quick_run_measures_every_script(fake_scripts, tmp_path, capsys):
     assert all(float(r["g_images_per_s"]) == 12345 and int(r["peak_rss_mib"]) > 0 for r in rows)
     md = (out / "speed.md").read_text()
     assert "torch " + torch.__version__ in md and "`dcgan256.py` | 2 | fp32" in md
+
+
+def test_baseline_comparison_runs_both_steps(capsys):
+    baseline_dcgan64.main(["--batch-size", "2", "--width", "4", "--warmup", "1", "--steps", "1"])
+    out = capsys.readouterr().out
+    assert "plain tutorial-style step:" in out and "dcgan64.py train_step:" in out

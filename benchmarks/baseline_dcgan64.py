@@ -8,6 +8,11 @@ gradients computed (and thrown away) during G's step, default Adam, `.item()` on
 `train_step` differs only in speed: channels-last memory, a logit with BCEWithLogitsLoss, D frozen during
 G's step, fused Adam, no host sync per step. Both run on random images (decoding is not measured here; the
 data loader runs in worker processes). Prints images/s of each, measured after warm-up steps.
+
+It also prints what bounds such figures on this device: the fp32 rate of a large matrix product (GFLOP/s), and
+the floating-point operations of one training step of dcgan64.py and of vanilla_gan.py at the same batch,
+counted by torch.utils.flop_counter (forward and backward matrix products and convolutions), so that
+rate / operations is the ceiling on steps/s that no implementation of the same step passes.
 """
 import argparse
 import sys
@@ -16,12 +21,14 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 sys.path.insert(0, str(common.REPO))
 import dcgan64  # noqa: E402
+import vanilla_gan  # noqa: E402
 
 
 def plain_step(G, D, opt_G, opt_D, x, z, criterion):
@@ -48,6 +55,22 @@ def images_per_second(step, batch, warmup, steps):
     for _ in range(steps):
         step()
     return batch * steps / (time.perf_counter() - t)
+
+
+def step_flops(step):
+    """Floating-point operations of one call of step (matrix products and convolutions, forward and backward)."""
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
+
+
+def matmul_gflops(device, n=2048, repeats=5):
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    a @ b
+    t = time.perf_counter()
+    for _ in range(repeats):
+        (a @ b).sum().item()                                    # .item(): wait for the device
+    return 2 * n ** 3 * repeats / (time.perf_counter() - t) / 1e9
 
 
 def main(argv=None):
@@ -82,6 +105,19 @@ def main(argv=None):
     print(f"3x64x64, ngf = ndf = {args.width}, batch {B}, fp32, {args.warmup} warm-up + {args.steps} measured steps:")
     print(f"  plain tutorial-style step: {plain:.1f} images/s")
     print(f"  dcgan64.py train_step:     {ours:.1f} images/s ({ours / plain:.2f}x)")
+
+    peak = matmul_gflops(device)
+    gan_flops = step_flops(lambda: dcgan64.train_step(G, D, D, opt_G, opt_D, x,
+                                                      torch.randn(B, 100, 1, 1, device=device), amp))
+    v_args = vanilla_gan.parse_args(["--device", args.device])
+    vG, vD, vopt_G, vopt_D = vanilla_gan.build(v_args, device)
+    digits = torch.rand(B, 1, 28, 28, device=device) * 2 - 1
+    v_flops = step_flops(lambda: vanilla_gan.train_step(vG, vD, vopt_G, vopt_D, digits,
+                                                        torch.randn(B, v_args.z_dim, device=device), amp))
+    print(f"ceilings on this device: fp32 matrix product {peak:.0f} GFLOP/s (2048^3);")
+    print(f"  dcgan64.py step {gan_flops / B / 1e9:.2f} GFLOP per image -> "
+          f"at most {peak * 1e9 * B / gan_flops:.0f} images/s;")
+    print(f"  vanilla_gan.py step {v_flops / 1e9:.2f} GFLOP at batch {B} -> at most {peak * 1e9 / v_flops:.0f} steps/s")
 
 
 if __name__ == "__main__":

@@ -176,3 +176,4 @@ def test_baseline_comparison_runs_both_steps(capsys):
     baseline_dcgan64.main(["--batch-size", "2", "--width", "4", "--warmup", "1", "--steps", "1"])
     out = capsys.readouterr().out
     assert "plain tutorial-style step:" in out and "dcgan64.py train_step:" in out
+    assert "GFLOP per image" in out and "steps/s" in out

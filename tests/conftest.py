@@ -1,6 +1,7 @@
 """Fixtures shared by the tests: tiny datasets written into temporary folders, and a way to run the scripts.
 
-The tests never read ../shared or the network: they make their own data, in the formats the scripts read.
+The tests read no data from outside and use no network: they make their own tiny data sets, in the formats
+the scripts read.
 """
 import os
 import struct

@@ -145,7 +145,10 @@ def load_mnist(root):
         with contextlib.redirect_stdout(io.StringIO()):         # torchvision's mirror-by-mirror chatter
             data = torchvision.datasets.MNIST(root, train=True, download=True).data
     except Exception as e:  # no network, a firewall, a full disk, damaged files...
-        fail(f"MNIST is not in {raw} and could not be downloaded ({' '.join(str(e).split())}); "
+        why = " ".join(str(e).split())                          # torchvision's message, on one line
+        if (raw / "train-images-idx3-ubyte").exists():
+            fail(f"the MNIST files in {raw} cannot be read ({why}); replace them with the originals")
+        fail(f"MNIST is not in {raw} and could not be downloaded ({why}); "
              "put train-images-idx3-ubyte and train-labels-idx1-ubyte (from the MNIST site) in that folder")
     return data                                                 # (N, 28, 28) uint8
 
@@ -278,6 +281,8 @@ def train(args):
     if not args.resume and ckpt_path.exists():
         fail(f"--out {out} already holds a run (checkpoint.pt): continue it with --resume, or pick another --out")
     ckpt = load_checkpoint(ckpt_path, args, device) if args.resume else None
+    if args.amp and device.type not in ("cpu", "cuda"):
+        fail(f"--amp needs a cpu or cuda device, not {device.type}")
     if args.amp and device.type == "cpu" and not bf16_is_native():
         print("note: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX): --amp will be slower than fp32",
               file=sys.stderr)

@@ -227,3 +227,13 @@ def test_dcgan_samples_use_batch_statistics_and_leave_running_statistics_alone()
     images = dcgan_mnist.sample(G, torch.randn(64, 96))
     assert images.shape == (64, 1, 28, 28) and images.std() > 0.01  # not the flat image eval mode gives at init
     assert all(torch.equal(before[k], v) for k, v in G.state_dict().items())
+
+
+def test_damaged_mnist_files_are_named(tmp_path):
+    raw = tmp_path / "mnist" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for split in ("train", "t10k"):
+        (raw / f"{split}-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03" + b"\x00" * 40)  # header cut short
+        (raw / f"{split}-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01" + b"\x00" * 8)
+    message = error_of("vanilla_gan", "--data", tmp_path / "mnist", "--out", tmp_path / "run")
+    assert f"the MNIST files in {raw} cannot be read" in message

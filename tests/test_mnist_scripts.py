@@ -105,7 +105,7 @@ def test_command_line_trains_and_writes_the_run_folder_then_generates(script, ti
     images = sorted((out / "generated").glob("0*.png"))
     assert len(images) == 70 and images[-1].name == "000069.png"
     assert torchvision.io.read_image(str(images[0])).shape[-2:] == (28, 28)
-    assert (out / "generated" / "grid.png").exists()
+    assert (out / "generated_grid.png").exists() and len(list((out / "generated").iterdir())) == 70
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

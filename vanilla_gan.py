@@ -338,7 +338,7 @@ class StopSignals:
             signal.signal(s, handler)
 
 
-CHECK_EVERY = 10  # steps between two checks of the losses for NaN or infinity (each is one host sync)
+CHECK_EVERY = 10  # steps between checks of the losses for NaN (one host sync) and, with torchrun, of stop signals
 
 
 def should_stop(signals, log, step, now=False):

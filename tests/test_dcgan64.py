@@ -86,9 +86,9 @@ def test_samples_use_batch_statistics_and_leave_g_unchanged(trained):
 def test_generate_writes_images(trained, capsys):
     out = trained[0]
     dcgan64.main(["--out", str(out), "--generate", "5", *SMALL])
-    assert re.fullmatch(rf"wrote 5 images to {re.escape(str(out / 'generated'))} \(G: \d+ images/s\)\n",
-                        capsys.readouterr().out)
-    assert sorted(p.name for p in (out / "generated").iterdir()) == [f"00000{i}.png" for i in range(5)] + ["grid.png"]
+    assert re.fullmatch(rf"wrote 5 images to {re.escape(str(out / 'generated'))} and a grid of the first 5 to "
+                        rf"{re.escape(str(out / 'generated_grid.png'))} \(G: \d+ images/s\)\n", capsys.readouterr().out)
+    assert sorted(p.name for p in (out / "generated").iterdir()) == [f"00000{i}.png" for i in range(5)]
 
 
 def test_cache_grayscale(photo_folder, tmp_path):

@@ -2,17 +2,18 @@
 
 Paper: Mao et al. 2017, "Least Squares Generative Adversarial Networks", arXiv:1611.04076.
 Game and training loop: Goodfellow et al. 2014, "Generative Adversarial Nets", arXiv:1406.2661.
-Design: ../shared/seeds/003 (the networks, the same as vanilla_gan.py's; 002's smaller ones through the flags).
+Networks: those of vanilla_gan.py, the MLPs of the Stanford CS231n GAN notebook (default); the smaller
+"Simple GAN" MLPs of the giakou4/gans repository through flags.
 
 Run (MNIST is downloaded into --data when it is not there):
-    python lsgan.py                                   # defaults: 003's networks
-    python lsgan.py --z-dim 64 --g-hidden 256 --d-hidden 128 --g-act leaky   # 002's networks
+    python lsgan.py                                   # defaults: the CS231n notebook's networks
+    python lsgan.py --z-dim 64 --g-hidden 256 --d-hidden 128 --g-act leaky   # the Simple GAN's networks
     python lsgan.py --resume --epochs 200             # continue the run in --out
     python lsgan.py --generate 1000                   # write images from --out/checkpoint.pt
 
 Run folder (--out, default runs/lsgan): real.png (real digits), samples/epoch_NNNN.png (the same fixed
 noise every epoch), progress.gif (those grids animated), log.csv (losses, D(x), D(G(z)) per step),
-checkpoint.pt (everything needed to continue bit-for-bit), generated/ (from --generate).
+checkpoint.pt (everything needed to continue bit-for-bit), generated/ and generated_grid.png (--generate).
 
 Implementation details, each tied to the paper:
  1. Least-squares losses instead of the sigmoid cross-entropy (Mao et al., eq. 2), with the 0-1 coding of
@@ -24,14 +25,14 @@ Implementation details, each tied to the paper:
  2. D outputs a raw score: no sigmoid, the least-squares loss acts on D's linear output directly.
  3. One D step and one G step per minibatch, as in Algorithm 1 of Goodfellow et al. with k = 1.
  4. Real pixels are scaled to [-1, 1] to match G's Tanh output.
- 5. Adam (lr 1e-3, beta1 0.5), as in the notebook design document 003 (the paper: lr 2e-4 for its LSUN nets).
+ 5. Adam (lr 1e-3, beta1 0.5), as in the CS231n notebook (the paper: lr 2e-4 for its LSUN nets).
 """
 import argparse
 import contextlib
 import csv
 import io
-import math
 import os
+import re
 import signal
 import sys
 import time
@@ -41,53 +42,18 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
-from torchvision.transforms.functional import to_pil_image
+from torchvision.datasets.mnist import read_image_file
 from torchvision.utils import save_image
 
 SCRIPT = Path(__file__).stem
 NETWORK_FLAGS = ("z_dim", "g_hidden", "d_hidden", "g_act")  # must match between a checkpoint and the flags
 
 
-def fail(message):
-    """Bad input ends here: one line on stderr, exit status 1, no traceback."""
-    raise SystemExit(f"{SCRIPT}.py: error: {message}")
-
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", default="./data", help="MNIST root (holds MNIST/raw); downloaded there if missing")
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--beta1", type=float, default=0.5, help="Adam's beta1")
-    p.add_argument("--z-dim", type=int, default=96, help="size of the noise vector z")
-    p.add_argument("--g-hidden", type=int, nargs="+", default=[1024, 1024], help="G's hidden widths")
-    p.add_argument("--d-hidden", type=int, nargs="+", default=[256, 256], help="D's hidden widths")
-    p.add_argument("--g-act", choices=["relu", "leaky"], default="relu", help="G's hidden activation")
-    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=f"runs/{SCRIPT}", help="run folder")
-    p.add_argument("--max-steps", type=int, help="stop when the run's total step count reaches this")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--generate", type=int, metavar="N", help="write N images from --out/checkpoint.pt, no training")
-    p.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA and CPU)")
-    p.add_argument("--log-every", type=float, default=5.0, help="seconds between progress lines")
-    args = p.parse_args(argv)
-    for flag in ("epochs", "batch_size", "lr", "z_dim", "max_steps", "generate", "log_every"):
-        value = getattr(args, flag)
-        if value is not None and value <= 0:
-            fail(f"--{flag.replace('_', '-')} must be positive, got {value}")
-    if min(args.g_hidden + args.d_hidden) <= 0:
-        fail("--g-hidden and --d-hidden take positive widths")
-    return args
-
-
 # ----------------------------------------------------------------------------------------------------------
-# Networks (design document 003; 002 through the flags). B is the batch size.
+# Networks: the CS231n notebook's MLPs by default, the Simple GAN's through the flags. B is the batch size.
 # ----------------------------------------------------------------------------------------------------------
 class Generator(nn.Module):
-    """z -> image. 003: Linear z->1024, ReLU, Linear 1024->1024, ReLU, Linear 1024->784, Tanh."""
+    """z -> image. CS231n: Linear z->1024, ReLU, Linear 1024->1024, ReLU, Linear 1024->784, Tanh."""
 
     def __init__(self, z_dim=96, hidden=(1024, 1024), act="relu"):
         super().__init__()
@@ -105,10 +71,10 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """image -> score. 003: Linear 784->256, LeakyReLU(0.01), Linear 256->256, LeakyReLU(0.01), Linear 256->1.
+    """image -> score. CS231n: Linear 784->256, LeakyReLU(0.01), Linear 256->256, LeakyReLU(0.01), Linear 256->1.
 
-    002 writes Tanh on D's output; we keep D's output linear (detail 2): the least-squares loss regresses it
-    onto the codes 0 and 1, and a Tanh would only squash the gradients LSGAN is designed to keep.
+    The Simple GAN's table writes Tanh on D's output; we keep D's output linear (detail 2): the least-squares
+    loss regresses it onto the codes 0 and 1, and a Tanh would only squash the gradients LSGAN is designed to keep.
     """
 
     def __init__(self, hidden=(256, 256)):
@@ -125,7 +91,13 @@ class Discriminator(nn.Module):
         return self.net(x).squeeze(1)                           # (B,)
 
 
+def noise(n, args, device, rng=None):
+    """n samples of z ~ N(0, I), the prior p_z of the paper: (n, z_dim)."""
+    return torch.randn(n, args.z_dim, device=device, generator=rng)
+
+
 def build(args, device):
+    """G, D and their Adam optimizers (detail 5)."""
     G = Generator(args.z_dim, args.g_hidden, args.g_act).to(device)
     D = Discriminator(args.d_hidden).to(device)
     fast = {"fused": True} if device.type in ("cuda", "cpu") else {}  # one kernel for all parameters
@@ -135,26 +107,182 @@ def build(args, device):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Data: all of MNIST as one uint8 tensor on the device, batched by indexing a permutation.
-# (Per-image PIL transforms, not these small networks, would be the bottleneck.)
+# Losses (Mao et al. eq. 9) and one iteration of Algorithm 1 of Goodfellow et al.
+# ----------------------------------------------------------------------------------------------------------
+def train_step(G, D, opt_G, opt_D, x, z, amp):
+    """One D step, then one G step (Goodfellow et al. Algorithm 1, k = 1) with the losses of eq. 9, on real x
+    (B, 1, 28, 28) and noise z.
+
+    Returns a (4,) tensor: loss of D, loss of G, and D's mean scores on x and on G(z) (no host sync).
+    """
+    B = len(x)
+    ones = torch.ones(B, device=x.device)                       # (B,) the code b = 1 of eq. 9 for real, c = 1 for G
+    zeros = torch.zeros(B, device=x.device)                     # (B,) the code a = 0 of eq. 9 for fake
+    with amp:
+        fake = G(z)                                             # (B, 1, 28, 28), used by both steps
+        # -- D step (eq. 9): minimise 1/2 E[(D(x) - b)^2] + 1/2 E[(D(G(z)) - a)^2] with b = 1, a = 0. Real and
+        # fake go through D as one batch: D has no BatchNorm, so this equals two separate passes and is
+        # faster. fake.detach(): G is not updated here.
+        scores = D(torch.cat([x, fake.detach()])).float()       # (2B,) scores: B real, then B fake
+        real_scores, fake_scores = scores[:B], scores[B:]       # (B,), (B,)
+        loss_d = 0.5 * F.mse_loss(real_scores, ones) + 0.5 * F.mse_loss(fake_scores, zeros)
+    opt_D.zero_grad(set_to_none=True)
+    loss_d.backward()
+    opt_D.step()
+
+    # -- G step (eq. 9): minimise 1/2 E[(D(G(z)) - c)^2] with c = 1, so that D takes fakes for real.
+    # The fake batch is reused; D is frozen so no D weight gradient is computed.
+    D.requires_grad_(False)
+    with amp:
+        gen_scores = D(fake).float()                            # (B,) scores of the updated D
+        loss_g = 0.5 * F.mse_loss(gen_scores, ones)
+    opt_G.zero_grad(set_to_none=True)
+    loss_g.backward()
+    opt_G.step()
+    D.requires_grad_(True)
+
+    d_x = real_scores.detach().mean()                           # D(x), a mean score: aims at b = 1
+    d_g_z = fake_scores.detach().mean()                         # D(G(z)), a mean score: aims at a = 0
+    return torch.stack([loss_d.detach(), loss_g.detach(), d_x, d_g_z])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The training loop
+# ----------------------------------------------------------------------------------------------------------
+def train(args):
+    device = pick_device(args.device)
+    out = Path(args.out)
+    ckpt = open_run_folder(out, args, device)                   # None for a new run
+    check_amp(args, device)
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp)
+    data = load_mnist(args.data).to(device)                     # (N, 28, 28) uint8, on the device once
+    if len(data) < args.batch_size:                             # the last partial batch of an epoch is dropped
+        fail(f"{args.data} holds {len(data)} images, fewer than one batch of {args.batch_size}")
+    torch.manual_seed(args.seed)                                # initial weights
+    G, D, opt_G, opt_D = build(args, device)
+    rng = torch.Generator(device).manual_seed(args.seed)        # every random draw of training: z
+    fixed_z = noise(64, args, "cpu", torch.Generator().manual_seed(args.seed)).to(device)  # grids, every epoch
+    pos = Position(len(data), args.batch_size)
+    if ckpt:
+        restore(ckpt, args, (G, D, opt_G, opt_D), pos)
+        rng.set_state(ckpt["rng"].cpu())
+        fixed_z = ckpt["fixed_z"]
+    last_step = pos.last_step(args.epochs, args.max_steps, out)
+    log = RunLog(out, args, pos, last_step, ckpt["time"] if ckpt else 0.0, device)
+    if not ckpt:
+        save_image(data[:64].unsqueeze(1) / 255, out / "real.png", nrow=8)  # (64, 1, 28, 28) in [0, 1]
+
+    with StopSignals() as signals:
+        while pos.step < last_step and not signals:
+            for idx in pos.batches(args.seed).to(device):       # the rest of this epoch, (B,) indices each
+                x = to_model_range(data[idx]).unsqueeze(1)      # (B, 1, 28, 28) real images in [-1, 1]
+                z = noise(len(idx), args, device, rng)          # (B, z_dim) ~ N(0, I)
+                stats = train_step(G, D, opt_G, opt_D, x, z, amp)  # (4,), on the device
+                pos.advance()
+                log.record(stats, pos)
+                if should_stop(signals, log, pos.step) or pos.step == last_step:
+                    break
+            should_stop(signals, log, pos.step, now=True)       # no NaN reaches a checkpoint
+            save_progress(out, args, (G, D, opt_G, opt_D), pos, rng.get_state(), fixed_z, log)
+    log.close()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Plumbing: data, devices, stopping, checkpoints, the run folder and its log
 # ----------------------------------------------------------------------------------------------------------
 def load_mnist(root):
+    """MNIST's training images as one uint8 tensor (N, 28, 28), downloaded by torchvision into root if missing."""
     raw = Path(root) / "MNIST" / "raw"
+    if not (raw / "train-images-idx3-ubyte").is_file():
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):     # torchvision's mirror-by-mirror chatter
+                torchvision.datasets.MNIST(root, train=True, download=True)
+        except Exception as e:                                  # no network, a firewall, a full disk...
+            cause = re.sub(r"^<urlopen error (\[Errno -?\d+\] )?|>$", "", str(e).strip().splitlines()[-1])
+            fail(f"MNIST is not in {raw} and could not be downloaded ({cause}); put the unzipped "
+                 "train-images-idx3-ubyte and train-labels-idx1-ubyte from the MNIST site in that folder")
     try:
-        with contextlib.redirect_stdout(io.StringIO()):         # torchvision's mirror-by-mirror chatter
-            data = torchvision.datasets.MNIST(root, train=True, download=True).data
-    except Exception as e:  # no network, a firewall, a full disk, damaged files...
-        why = " ".join(str(e).split())                          # torchvision's message, on one line
-        if (raw / "train-images-idx3-ubyte").exists():
-            fail(f"the MNIST files in {raw} cannot be read ({why}); replace them with the originals")
-        fail(f"MNIST is not in {raw} and could not be downloaded ({why}); "
-             "put train-images-idx3-ubyte and train-labels-idx1-ubyte (from the MNIST site) in that folder")
-    return data                                                 # (N, 28, 28) uint8
+        return read_image_file(str(raw / "train-images-idx3-ubyte"))  # (N, 28, 28) uint8
+    except Exception as e:
+        fail(f"the MNIST files in {raw} cannot be read ({type(e).__name__}); replace them with the originals")
 
 
 def to_model_range(images_uint8):
     """uint8 [0, 255] -> float [-1, 1] (detail 4)."""
     return images_uint8.float().div_(127.5).sub_(1.0)
+
+
+def epoch_batches(n, batch_size, seed, epoch, seen, rank=0, world=1):
+    """This process's batches of sample indices, (steps, batch_size), for the rest of an epoch `seen` samples in.
+
+    The epoch's order is a permutation drawn from (--seed, epoch) alone, as torch's DistributedSampler draws it,
+    so a resumed run recreates it. Step k of an epoch uses positions [k*B*world, (k+1)*B*world) of the order,
+    process r every world-th of them from r: a run resumed with another batch size or number of processes
+    goes on from the same sample, and no sample is used twice or skipped. The rest of the epoch, fewer
+    samples than one step takes, is left out.
+    """
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))[seen:]
+    steps = len(order) // (batch_size * world)
+    return order[rank:steps * batch_size * world:world].view(steps, batch_size)
+
+
+class Position:
+    """Where a run is: optimizer steps taken, whole epochs done, and samples of the current epoch already used
+    (by all processes together). Saved in the checkpoint, so that a resumed run goes on from the same sample
+    whatever its batch size and number of processes."""
+
+    def __init__(self, n, batch_size, rank=0, world=1):
+        self.n, self.batch_size, self.rank, self.world = n, batch_size, rank, world
+        self.step, self.epoch, self.seen = 0, 0, 0
+
+    def steps_left_in_epoch(self):
+        return (self.n - self.seen) // (self.batch_size * self.world)
+
+    def batches(self, seed):
+        return epoch_batches(self.n, self.batch_size, seed, self.epoch, self.seen, self.rank, self.world)
+
+    def advance(self):
+        """One optimizer step done; the epoch ends when what is left of it is less than a step."""
+        self.step += 1
+        self.seen += self.batch_size * self.world
+        if self.steps_left_in_epoch() == 0:
+            self.epoch, self.seen = self.epoch + 1, 0
+
+    def last_step(self, epochs, max_steps, out):
+        """The step at which --epochs (the end of that epoch) or --max-steps (a total count) stops the run."""
+        last = self.step
+        if self.epoch < epochs:
+            last += self.steps_left_in_epoch() + (epochs - self.epoch - 1) * (self.n // (self.batch_size * self.world))
+        last = min(last, max_steps or last)
+        if last <= self.step:
+            fail(f"the run in {out} is already at step {self.step} (epoch {self.epoch}); "
+                 "raise --epochs or --max-steps to train further")
+        return last
+
+    def state(self):
+        return {"step": self.step, "epoch": self.epoch, "seen": self.seen, "world": self.world,
+                "batch_in_epoch": self.seen // (self.batch_size * self.world)}
+
+
+def restore(ckpt, args, models, pos):
+    """Continue from a checkpoint: weights, optimizer states, and the position in the data (said in one line
+    when the batch size or the number of processes changed)."""
+    G, D, opt_G, opt_D = models
+    G.load_state_dict(ckpt["G"])
+    D.load_state_dict(ckpt["D"])
+    opt_G.load_state_dict(ckpt["opt_G"])
+    opt_D.load_state_dict(ckpt["opt_D"])
+    for group in opt_G.param_groups + opt_D.param_groups:
+        group["lr"] = args.lr                                   # a resumed run may change the learning rate
+    pos.step, pos.epoch, pos.seen = ckpt["step"], ckpt["epoch"], ckpt["seen"]
+    before, now = (ckpt["world"], ckpt["args"]["batch_size"]), (pos.world, pos.batch_size)
+    if before != now and pos.rank == 0:
+        where = f"epoch {pos.epoch + 1} goes on from sample {pos.seen} of {pos.n}"
+        if pos.seen and pos.steps_left_in_epoch() == 0:
+            where = f"the {pos.n - pos.seen} samples left of epoch {pos.epoch + 1} are fewer than one step: it ends"
+        print(f"resuming with {now[0]} x {now[1]} samples a step instead of {before[0]} x {before[1]}: {where}")
+    if pos.seen and pos.steps_left_in_epoch() == 0:
+        pos.epoch, pos.seen = pos.epoch + 1, 0
 
 
 def pick_device(name):
@@ -177,22 +305,65 @@ def pick_device(name):
     return device
 
 
-def bf16_is_native():
-    """Whether this CPU computes bfloat16 in hardware; elsewhere autocast to bfloat16 is emulated and slow."""
-    capabilities = getattr(torch.cpu, "get_capabilities", dict)()  # missing in older torch: assume yes
-    return not capabilities or any(capabilities.get(k) for k in ("avx512_bf16", "amx_bf16"))
+def check_amp(args, device):
+    """--amp (bfloat16 autocast) runs on CUDA and on CPUs; it is fast only on CPUs with bfloat16 instructions."""
+    if args.amp and device.type not in ("cpu", "cuda"):
+        fail(f"--amp needs a cpu or cuda device, not {device.type}")
+    capabilities = getattr(torch.cpu, "get_capabilities", dict)()  # missing in older torch: assume native
+    native = not capabilities or any(capabilities.get(k) for k in ("avx512_bf16", "amx_bf16"))
+    if args.amp and device.type == "cpu" and not native and int(os.environ.get("RANK", "0")) == 0:
+        print("note: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX): --amp will be slower than fp32",
+              file=sys.stderr)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Checkpoints: plain tensors and values only, so torch.load(..., weights_only=True) reads them.
-# ----------------------------------------------------------------------------------------------------------
+class StopSignals:
+    """Ctrl-C (SIGINT) and SIGTERM (sent by `kill`, schedulers and torchrun) ask the run to stop at the next step
+    boundary, save a checkpoint and exit with status 0. A repeat within a second is the same request arriving
+    twice (a signal to the whole process group reaches torchrun's children directly and again through
+    torchrun); a later one stops at once. The previous handlers come back on leaving the `with` block."""
+
+    def __enter__(self):
+        self.asked = None
+        self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def handle(self, signum, frame):
+        if self.asked is None:
+            self.asked = time.monotonic()
+        elif time.monotonic() - self.asked > 1.0:
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+
+    def __bool__(self):
+        return self.asked is not None
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+CHECK_EVERY = 10  # steps between checks of the losses for NaN (one host sync) and, with torchrun, of stop signals
+
+
+def should_stop(signals, log, step, now=False):
+    """Whether to stop after this step: a stop signal came. The losses are checked too, every CHECK_EVERY
+    steps and (now=True) before each save: NaN or infinite losses end the run in one line, and the last
+    good checkpoint stays."""
+    if (now or step % CHECK_EVERY == 0) and not log.finite.item():
+        log.close(summary=False)
+        fail(f"losses became NaN or infinite by step {step}; the last good checkpoint is kept in {log.folder}")
+    return bool(signals)
+
+
 def save_checkpoint(path, state):
+    """Plain tensors and values only, so torch.load(..., weights_only=True) reads it back."""
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)                                       # atomic: a crash never leaves half a file
 
 
 def load_checkpoint(path, args, device):
+    """A checkpoint of this script with the same network flags, or one clear line why not."""
     if not path.is_file():
         fail(f"no checkpoint at {path} (train first, or point --out at a run folder)")
     try:
@@ -205,192 +376,209 @@ def load_checkpoint(path, args, device):
     for flag in NETWORK_FLAGS:
         theirs, ours = ckpt["args"][flag], getattr(args, flag)
         if theirs != ours:
-            as_flag = lambda v: " ".join(map(str, v)) if isinstance(v, list) else v  # [1024, 1024] -> 1024 1024
-            fail(f"{path} was trained with --{flag.replace('_', '-')} {as_flag(theirs)}, not {as_flag(ours)}; "
+            as_text = " ".join(map(str, theirs)) if isinstance(theirs, list) else theirs  # [1024, 1024] -> 1024 1024
+            ours_text = " ".join(map(str, ours)) if isinstance(ours, list) else ours
+            fail(f"{path} was trained with --{flag.replace('_', '-')} {as_text}, not {ours_text}; "
                  "pass the same network flags")
     return ckpt
 
 
+def open_run_folder(out, args, device):
+    """The checkpoint to resume (--resume) or None; a new run must not overwrite an old one."""
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out} is a file, not a folder")
+    if not args.resume and (out / "checkpoint.pt").exists():
+        fail(f"--out {out} already holds a run (checkpoint.pt): continue it with --resume, or pick another --out")
+    ckpt = load_checkpoint(out / "checkpoint.pt", args, device) if args.resume else None
+    if ckpt and "seen" not in ckpt:
+        fail(f"{out / 'checkpoint.pt'} comes from an older {SCRIPT}.py that did not save its place in the data; "
+             "--generate still reads it, training goes on only in a new --out")
+    (out / "samples").mkdir(parents=True, exist_ok=True)
+    return ckpt
+
+
+class RunLog:
+    """log.csv, one row per step (losses, D(x), D(G(z)), seconds since the run began), and a progress line
+    every --log-every seconds. The stats stay on the device until then and are fetched with one .tolist():
+    one host sync per line, not per step. Only process 0 (lead) writes. On resume, the rows after the
+    checkpoint's step (logged by a run killed between two checkpoints) are dropped, so the log holds each
+    step once and agrees with the checkpoint."""
+
+    COLUMNS = ["step", "epoch", "time", "loss_d", "loss_g", "d_real", "d_fake"]
+
+    def __init__(self, out, args, pos, last_step, elapsed, device, lead=True):
+        self.folder, self.args, self.last_step, self.lead = out, args, last_step, lead
+        self.pending, self.finite = [], torch.ones((), dtype=torch.bool, device=device)
+        self.t0 = time.perf_counter() - elapsed                 # the run's clock, carried across resumes
+        self.step = self.first_step = pos.step
+        self.t_first = self.t_line = time.perf_counter()
+        self.images_per_step = args.batch_size * pos.world
+        if not lead:
+            return
+        path = out / "log.csv"
+        rows = [self.COLUMNS]
+        if pos.step and path.exists():
+            with open(path, newline="") as f:
+                rows += [row for row in list(csv.reader(f))[1:] if row and int(row[0]) <= pos.step]
+        with open(path.with_name("log.csv.tmp"), "w", newline="") as f:
+            csv.writer(f).writerows(rows)
+        os.replace(path.with_name("log.csv.tmp"), path)
+        self.file = open(path, "a", newline="")
+        self.csv = csv.writer(self.file)
+
+    def record(self, stats, pos):
+        """Keep one step's (4,) stats; write them out when --log-every seconds have passed."""
+        self.finite = self.finite & stats.isfinite().all()
+        self.step = pos.step
+        if self.lead:
+            self.pending.append((pos.step, pos.epoch + (pos.seen > 0), time.perf_counter() - self.t0, stats))
+            if time.perf_counter() - self.t_line > self.args.log_every:
+                self.flush()
+
+    def flush(self):
+        if not self.pending:
+            return
+        values = torch.stack([stats for *_, stats in self.pending]).tolist()  # the one host sync
+        self.csv.writerows([step, epoch, f"{t:.3f}", *(f"{v:.5f}" for v in row)]
+                           for (step, epoch, t, _), row in zip(self.pending, values))
+        self.file.flush()
+        step, epoch = self.pending[-1][:2]
+        loss_d, loss_g, d_real, d_fake = values[-1]
+        rate = (step - self.first_step) / (time.perf_counter() - self.t_first)
+        print(f"epoch {epoch}/{self.args.epochs} step {step}/{self.last_step} | loss D {loss_d:.3f} G {loss_g:.3f}"
+              f" | D(x) {d_real:.2f} D(G(z)) {d_fake:.2f} | {rate * self.images_per_step:.0f} img/s | "
+              f"{(self.last_step - step) / rate / 60:.1f} min left", flush=True)
+        self.pending, self.t_line = [], time.perf_counter()
+
+    def seconds(self):
+        """Seconds of training in this run, across resumes."""
+        return time.perf_counter() - self.t0
+
+    def close(self, summary=True):
+        """Write what is pending; with summary, say how many steps this process trained and how fast."""
+        if not self.lead or self.file.closed:
+            return
+        self.flush()
+        self.file.close()
+        if summary:
+            steps, seconds = self.step - self.first_step, time.perf_counter() - self.t_first
+            print(f"trained {steps} steps in {seconds:.1f} s ({steps * self.images_per_step / seconds:.0f} "
+                  f"images/s); run folder {self.folder}", flush=True)
+
+
+def sample(G, z):
+    """G(z) for the sample grids and --generate, without gradients, with BatchNorm (where G has it) normalising
+    by the statistics of this batch of samples and its running statistics left untouched.
+
+    Why not eval mode (running statistics)? They start at mean 0 and variance 1 and follow the training batches
+    with momentum 0.1, so early in a run they are far from the statistics G's layers really produce and
+    eval-mode samples come out nearly flat. Batch statistics are right from the first step, and over 64 or
+    more samples a sample hardly depends on the others. Switching track_running_stats off for the call keeps
+    the running statistics (and so the checkpoint and the bit-for-bit resume) unchanged.
+    """
+    norms = [m for m in G.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
+    for m in norms:
+        m.track_running_stats = False
+    try:
+        with torch.no_grad():
+            return G.train()(z)
+    finally:
+        for m in norms:
+            m.track_running_stats = True
+
+
 def write_gif(out):
-    frames = [to_pil_image(torchvision.io.read_image(str(p))) for p in sorted((out / "samples").glob("*.png"))]
+    """progress.gif: the fixed-noise grids of samples/, one frame per grid."""
+    frames = [torchvision.datasets.folder.pil_loader(str(p)) for p in sorted((out / "samples").glob("*.png"))]
     frames[0].save(out / "progress.gif", save_all=True, append_images=frames[1:], duration=200, loop=0)
 
 
+def save_progress(out, args, models, pos, rng_state, fixed_z, log):
+    """At each epoch end, at --max-steps and on a stop: the fixed-noise grid, progress.gif and checkpoint.pt."""
+    if not log.lead:
+        return
+    log.flush()
+    G, D, opt_G, opt_D = models
+    grid = (sample(G, fixed_z).float() + 1) / 2                 # (64, C, H, W) in [0, 1]
+    save_image(grid, out / "samples" / f"epoch_{pos.epoch + (pos.seen > 0):04d}.png", nrow=8)
+    write_gif(out)
+    save_checkpoint(out / "checkpoint.pt", {
+        "script": SCRIPT, "args": vars(args), "G": G.state_dict(), "D": D.state_dict(),
+        "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(), **pos.state(), "rng": rng_state,
+        "fixed_z": fixed_z, "time": log.seconds()})
+
+
 # ----------------------------------------------------------------------------------------------------------
-# Training (Mao et al. eq. 9, alternating as in Goodfellow et al. Algorithm 1)
+# Generating from a trained run, the flags, and the command line
 # ----------------------------------------------------------------------------------------------------------
-def train_step(G, D, opt_G, opt_D, x, z, amp):
-    """One D step, then one G step (Goodfellow et al. Algorithm 1, k = 1) with the losses of eq. 9.
-
-    Returns a (4,) tensor: loss of D, loss of G, and D's mean scores on x and G(z) (no host sync).
-    """
-    B = len(x)
-    b_a = torch.cat([torch.ones(B, device=x.device), torch.zeros(B, device=x.device)])  # (2B,) codes b=1, a=0
-    with amp:
-        fake = G(z)                                             # (B, 1, 28, 28), used by both steps
-        # -- D step (eq. 9): minimise 1/2 E[(D(x) - b)^2] + 1/2 E[(D(G(z)) - a)^2] with b = 1, a = 0. Real and
-        # fake go through D as one batch: D has no BatchNorm, so this equals two separate passes and is
-        # faster. fake.detach(): G is not updated here.
-        d_out = D(torch.cat([x, fake.detach()])).float()        # (2B,) scores
-        loss_d = F.mse_loss(d_out, b_a)                         # mean of 2B squares = 1/2 real mean + 1/2 fake mean
-    opt_D.zero_grad(set_to_none=True)
-    loss_d.backward()
-    opt_D.step()
-
-    # -- G step (eq. 9): minimise 1/2 E[(D(G(z)) - c)^2] with c = 1, so that D takes fakes for real.
-    # The fake batch is reused; D is frozen so no D weight gradient is computed.
-    D.requires_grad_(False)
-    with amp:
-        d_gen = D(fake).float()                                 # (B,) scores of the updated D
-        loss_g = 0.5 * (d_gen - 1).pow(2).mean()
-    opt_G.zero_grad(set_to_none=True)
-    loss_g.backward()
-    opt_G.step()
-    D.requires_grad_(True)
-
-    d_x, d_gz = d_out.detach().view(2, B).mean(1)               # mean scores: D(x) aims at 1, D(G(z)) at 0
-    return torch.stack([loss_d.detach(), loss_g.detach(), d_x, d_gz])
-
-
-def train(args):
-    device = pick_device(args.device)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        fail(f"--out {out} is a file, not a folder")
-    ckpt_path = out / "checkpoint.pt"
-    if not args.resume and ckpt_path.exists():
-        fail(f"--out {out} already holds a run (checkpoint.pt): continue it with --resume, or pick another --out")
-    ckpt = load_checkpoint(ckpt_path, args, device) if args.resume else None
-    if args.amp and device.type not in ("cpu", "cuda"):
-        fail(f"--amp needs a cpu or cuda device, not {device.type}")
-    if args.amp and device.type == "cpu" and not bf16_is_native():
-        print("note: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX): --amp will be slower than fp32",
-              file=sys.stderr)
-
-    data = load_mnist(args.data).to(device)                     # (N, 28, 28) uint8, on the device once
-    n, B = len(data), args.batch_size
-    steps_per_epoch = n // B                                    # the last partial batch is dropped
-    if steps_per_epoch == 0:
-        fail(f"{args.data} holds {n} images, fewer than one batch of {B}")
-
-    torch.manual_seed(args.seed)                                # initial weights
-    G, D, opt_G, opt_D = build(args, device)
-    gen = torch.Generator(device).manual_seed(args.seed)        # every random draw of training: z, permutations
-    fixed_z = torch.randn(64, args.z_dim, device=device, generator=gen)  # (64, z_dim): the same every epoch
-    step, epoch, batch_in_epoch, perm, elapsed = 0, 0, 0, None, 0.0
-    if ckpt:
-        G.load_state_dict(ckpt["G"]), D.load_state_dict(ckpt["D"])
-        opt_G.load_state_dict(ckpt["opt_G"]), opt_D.load_state_dict(ckpt["opt_D"])
-        for group in opt_G.param_groups + opt_D.param_groups:
-            group["lr"] = args.lr                               # a resumed run may change the learning rate
-        gen.set_state(ckpt["rng"].cpu())
-        fixed_z, perm = ckpt["fixed_z"], ckpt["perm"]
-        step, epoch, batch_in_epoch, elapsed = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["time"]
-    last_step = args.epochs * steps_per_epoch if args.max_steps is None else min(
-        args.max_steps, args.epochs * steps_per_epoch)
-    if step >= last_step:
-        fail(f"the run in {out} is already at step {step}; raise --epochs or --max-steps to train further")
-
-    (out / "samples").mkdir(parents=True, exist_ok=True)
-    if not ckpt:
-        save_image(data[:64].unsqueeze(1) / 255, out / "real.png", nrow=8)  # (64, 1, 28, 28) in [0, 1]
-    log_file = open(out / "log.csv", "a" if ckpt else "w", newline="")
-    log = csv.writer(log_file)
-    if not ckpt:
-        log.writerow(["step", "epoch", "time", "loss_d", "loss_g", "d_real", "d_fake"])
-
-    stop = []                                                   # Ctrl-C: finish the step, save, leave;
-    previous_handler = signal.signal(                           # a second Ctrl-C stops at once
-        signal.SIGINT, lambda *_: (stop.append(1), signal.signal(signal.SIGINT, signal.SIG_DFL)))
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp)
-    pending, stamps = [], []                                    # per-step stats, flushed with one .tolist()
-    t0 = time.perf_counter() - elapsed
-    first_step, t_first, t_log = step, time.perf_counter(), time.perf_counter()
-
-    def flush():
-        """Write the pending steps to log.csv and print one progress line; stop on NaN."""
-        nonlocal pending, stamps, t_log
-        if not pending:
-            return
-        rows = torch.stack(pending).tolist()                    # the only host sync of the loop
-        if not all(math.isfinite(v) for row in rows for v in row):
-            fail(f"losses became NaN or infinite by step {step}; the last good checkpoint is kept in {ckpt_path}")
-        s0 = step - len(rows)
-        log.writerows([s0 + i + 1, epoch + 1, f"{t:.3f}", *(f"{v:.5f}" for v in row)]
-                      for i, (t, row) in enumerate(zip(stamps, rows)))
-        log_file.flush()
-        rate = (step - first_step) / (time.perf_counter() - t_first)
-        loss_d, loss_g, d_real, d_fake = rows[-1]
-        print(f"epoch {epoch + 1}/{args.epochs} step {step}/{last_step} | loss D {loss_d:.3f} G {loss_g:.3f} | "
-              f"D(x) {d_real:.2f} D(G(z)) {d_fake:.2f} | {rate * B:.0f} img/s | "
-              f"{(last_step - step) / rate / 60:.1f} min left", flush=True)
-        pending, stamps, t_log = [], [], time.perf_counter()
-
-    def checkpoint():
-        flush()
-        with torch.no_grad():                                   # (G has no BatchNorm: train mode = eval mode)
-            grid = (G(fixed_z).float() + 1) / 2                 # (64, 1, 28, 28) in [0, 1]
-        save_image(grid, out / "samples" / f"epoch_{epoch + (batch_in_epoch > 0):04d}.png", nrow=8)
-        write_gif(out)
-        save_checkpoint(ckpt_path, {
-            "script": SCRIPT, "args": vars(args), "G": G.state_dict(), "D": D.state_dict(),
-            "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(), "step": step, "epoch": epoch,
-            "batch_in_epoch": batch_in_epoch, "perm": perm, "rng": gen.get_state(), "fixed_z": fixed_z,
-            "time": time.perf_counter() - t0})
-
-    try:
-        while step < last_step and not stop:
-            if perm is None:
-                perm = torch.randperm(n, device=device, generator=gen)  # a new order each epoch
-            while batch_in_epoch < steps_per_epoch and step < last_step and not stop:
-                idx = perm[batch_in_epoch * B:(batch_in_epoch + 1) * B]
-                x = to_model_range(data[idx]).unsqueeze(1)      # (B, 1, 28, 28) real images in [-1, 1]
-                z = torch.randn(B, args.z_dim, device=device, generator=gen)  # (B, z_dim) ~ N(0, I)
-                pending.append(train_step(G, D, opt_G, opt_D, x, z, amp))
-                stamps.append(time.perf_counter() - t0)
-                step, batch_in_epoch = step + 1, batch_in_epoch + 1
-                if time.perf_counter() - t_log > args.log_every:
-                    flush()
-            flush()
-            if batch_in_epoch == steps_per_epoch:               # a whole epoch done
-                epoch, batch_in_epoch, perm = epoch + 1, 0, None
-            checkpoint()                                        # every epoch end, --max-steps, Ctrl-C
-    finally:
-        signal.signal(signal.SIGINT, previous_handler)
-        log_file.close()
-    seconds = time.perf_counter() - t_first
-    print(f"trained {step - first_step} steps in {seconds:.1f} s "
-          f"({(step - first_step) * B / seconds:.0f} images/s); run folder {out}")
-
-
 def generate(args):
-    """Write N single images and a grid of the first 64 from the trained G."""
+    """--generate N: N single PNGs in --out/generated/ (exactly N files, as FID tools expect of a folder) and a
+    grid of the first 64 beside it, generated_grid.png. Written chunk by chunk: memory does not grow with N.
+    z is drawn in chunks of max(64, --batch-size), so every image is normalised with at least 63 others."""
     device = pick_device(args.device)
     out = Path(args.out)
     ckpt = load_checkpoint(out / "checkpoint.pt", args, device)
-    G = Generator(args.z_dim, args.g_hidden, args.g_act).to(device)
+    G = build(args, device)[0]
     G.load_state_dict(ckpt["G"])
-    gen = torch.Generator(device).manual_seed(args.seed)
+    rng = torch.Generator(device).manual_seed(args.seed)
     folder = out / "generated"
     folder.mkdir(parents=True, exist_ok=True)
-    images, seconds = [], 0.0
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
-        for start in range(0, args.generate, 500):
-            z = torch.randn(min(500, args.generate - start), args.z_dim, device=device, generator=gen)
-            t = time.perf_counter()
-            x = G(z)                                            # (b, 1, 28, 28)
-            images.append(((x.float() + 1) / 2).clamp_(0, 1).cpu())  # .cpu() waits for the device
-            seconds += time.perf_counter() - t
-    images = torch.cat(images)
-    for i, image in enumerate(images):
-        save_image(image, folder / f"{i:06d}.png")
-    save_image(images[:64], folder / "grid.png", nrow=8)
-    print(f"wrote {len(images)} images to {folder} (G: {len(images) / seconds:.0f} images/s)")
+    chunk, first, seconds = max(64, args.batch_size), None, 0.0
+    for start in range(0, args.generate, chunk):
+        z = noise(chunk, args, device, rng)
+        t = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+            images = ((sample(G, z).float() + 1) / 2).clamp_(0, 1)[:args.generate - start].cpu()  # waits for G
+        seconds += time.perf_counter() - t
+        for i, image in enumerate(images):
+            save_image(image, folder / f"{start + i:06d}.png")
+        first = images[:64] if first is None else first
+    save_image(first, out / "generated_grid.png", nrow=8)
+    print(f"wrote {args.generate} images to {folder} and a grid of the first {len(first)} to "
+          f"{out / 'generated_grid.png'} (G: {args.generate / seconds:.0f} images/s)")
+
+
+def fail(message):
+    """Bad input ends here: one line on stderr, exit status 1, no traceback."""
+    raise SystemExit(f"{SCRIPT}.py: error: {message}")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", default="./data", help="MNIST root (holds MNIST/raw); downloaded there if missing")
+    p.add_argument("--epochs", type=int, default=100, help="train until the end of this epoch")
+    p.add_argument("--batch-size", type=int, default=128, help="images per step")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate, for G and D")
+    p.add_argument("--beta1", type=float, default=0.5, help="Adam's beta1")
+    p.add_argument("--z-dim", type=int, default=96, help="size of the noise vector z")
+    p.add_argument("--g-hidden", type=int, nargs="+", default=[1024, 1024], help="G's hidden widths")
+    p.add_argument("--d-hidden", type=int, nargs="+", default=[256, 256], help="D's hidden widths")
+    p.add_argument("--g-act", choices=["relu", "leaky"], default="relu", help="G's hidden activation")
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
+    p.add_argument("--seed", type=int, default=0, help="initial weights, noise and data order all come from it")
+    p.add_argument("--out", default=f"runs/{SCRIPT}", help="run folder")
+    p.add_argument("--max-steps", type=int, help="stop when the run's total step count reaches this")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--generate", type=int, metavar="N", help="write N images from --out/checkpoint.pt, no training")
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA and CPU)")
+    p.add_argument("--log-every", type=float, default=5.0, help="seconds between progress lines")
+    args = p.parse_args(argv)
+    for flag in ("epochs", "batch_size", "lr", "z_dim", "max_steps", "generate", "log_every"):
+        value = getattr(args, flag)
+        if value is not None and value <= 0:
+            fail(f"--{flag.replace('_', '-')} must be positive, got {value}")
+    if min(args.g_hidden + args.d_hidden) <= 0:
+        fail("--g-hidden and --d-hidden take positive widths")
+    return args
 
 
 def main(argv=None):
     args = parse_args(argv)
-    generate(args) if args.generate else train(args)
+    if args.generate:
+        generate(args)
+    else:
+        train(args)
 
 
 if __name__ == "__main__":

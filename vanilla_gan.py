@@ -154,6 +154,8 @@ def train(args):
     check_amp(args, device)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp)
     data = load_mnist(args.data).to(device)                     # (N, 28, 28) uint8, on the device once
+    if len(data) < args.batch_size:                             # the last partial batch of an epoch is dropped
+        fail(f"{args.data} holds {len(data)} images, fewer than one batch of {args.batch_size}")
     torch.manual_seed(args.seed)                                # initial weights
     G, D, opt_G, opt_D = build(args, device)
     rng = torch.Generator(device).manual_seed(args.seed)        # every random draw of training: z

@@ -2,9 +2,10 @@
 
 It trains nothing: it writes what a run writes (log.csv with a `time` column, checkpoint.pt, real.png,
 samples/epoch_NNNN.png, progress.gif), `--generate N` writes N 28x28 grayscale PNGs (class i % 10 drawn as a bar
-at row 4 + 2 * (i % 10), like the tiny MNIST of conftest.py, or --fake-class for all of them), and it prints the
-`trained ...` and `wrote N images to DIR (G: X images/s)` lines. Standard library only, so the benchmark tools'
-tests run without waiting for real training. Unknown flags are accepted and ignored.
+at row 4 + 2 * (i % 10), like the tiny MNIST of helpers.bar_digits, or --fake-class for all of them) and
+generated_grid.png beside them, and it prints the `trained ...` and `wrote N images to DIR and a grid of the first
+K to FILE (G: X images/s)` lines. Standard library only, so the benchmark tools' tests run without waiting for real
+training. Unknown flags are accepted and ignored.
 """
 import argparse
 import json
@@ -74,8 +75,9 @@ def generate(args):
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(args.generate):
         write_png(folder / f"{i:06d}.png", bar(i % 10 if args.fake_class is None else args.fake_class))
-    write_png(folder / "grid.png", bar(0))
-    print(f"wrote {args.generate} images to {folder} (G: 12345 images/s)")
+    write_png(folder.parent / "generated_grid.png", bar(0))
+    print(f"wrote {args.generate} images to {folder} and a grid of the first {min(args.generate, 64)} to "
+          f"{folder.parent / 'generated_grid.png'} (G: 12345 images/s)")
 
 
 def main(argv=None):

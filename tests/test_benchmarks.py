@@ -6,20 +6,17 @@ scripts' command-line contract in milliseconds, so these tests check the tools, 
 import csv
 import math
 import shutil
-import sys
 
 import pytest
 import torch
 import torchvision
 
-from conftest import REPO, write_idx_mnist
-
-sys.path.insert(0, str(REPO / "benchmarks"))
-import baseline_dcgan64  # noqa: E402
-import mnist_quality  # noqa: E402
-import results  # noqa: E402
-import speed  # noqa: E402
-import synthetic  # noqa: E402
+from helpers import REPO, bar_digits  # first: it puts benchmarks/ on sys.path
+import baseline_dcgan64
+import mnist_quality
+import results
+import speed
+import synthetic
 
 SCRIPTS = ["vanilla_gan", "lsgan", "dcgan_mnist", "dcgan64", "dcgan256"]
 
@@ -114,7 +111,7 @@ def test_classifier_cache_is_keyed_by_the_training_data(tmp_path):
 
 
 def test_mnist_quality_command_line(tiny_mnist, tmp_path, capsys):
-    images, _ = write_idx_mnist(tmp_path / "unused")
+    images, _ = bar_digits()
     folder = write_folder(tmp_path / "gen", images[:50])
     mnist_quality.main(["--data", str(tiny_mnist), "--cache", str(tmp_path / "c.pt"), "--classifier-steps", "5",
                         str(folder)])

@@ -1,89 +1,78 @@
 """Tests of the three MNIST scripts: vanilla_gan.py, lsgan.py, dcgan_mnist.py.
 
-Layer shapes are checked against the design documents' tables; training, resume, generation and every bad input
+Layer shapes are checked against the networks' published tables (the README shows them); training, resume, generation and every bad input
 run the scripts' real entry point (main, or the command line in a subprocess) on a tiny MNIST in IDX format.
 """
+import contextlib
+import csv
 import importlib
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
+import urllib.request
 
 import pytest
 import torch
 import torchvision
 
-from conftest import REPO, run_script
+from helpers import (error_of, layer_shapes, load_checkpoint, logged_steps, run_script, start_script, time_limit,
+                     wait_for_steps)
 
-sys.path.insert(0, str(REPO))
 SCRIPTS = ["vanilla_gan", "lsgan", "dcgan_mnist"]
 B = 5  # batch size of the shape tests
 
 
-def layer_shapes(sequential, x):
-    """(layer type, output shape) after every layer of an nn.Sequential, by running x through it."""
-    seen = []
-    hooks = [m.register_forward_hook(lambda m, i, o: seen.append((type(m).__name__, tuple(o.shape))))
-             for m in sequential]
-    with torch.no_grad():
-        sequential(x)
-    for h in hooks:
-        h.remove()
-    return seen
-
-
-# Design document 003 ("Discriminator", "Generator"); the same networks serve vanilla_gan.py and lsgan.py.
-MLP_003_G = [("Linear", (B, 1024)), ("ReLU", (B, 1024)), ("Linear", (B, 1024)), ("ReLU", (B, 1024)),
+# The Stanford CS231n GAN notebook's MLPs ("Discriminator", "Generator"); they serve vanilla_gan.py and lsgan.py.
+CS231N_MLP_G = [("Linear", (B, 1024)), ("ReLU", (B, 1024)), ("Linear", (B, 1024)), ("ReLU", (B, 1024)),
              ("Linear", (B, 784)), ("Tanh", (B, 784))]
-MLP_003_D = [("Flatten", (B, 784)), ("Linear", (B, 256)), ("LeakyReLU", (B, 256)), ("Linear", (B, 256)),
+CS231N_MLP_D = [("Flatten", (B, 784)), ("Linear", (B, 256)), ("LeakyReLU", (B, 256)), ("Linear", (B, 256)),
              ("LeakyReLU", (B, 256)), ("Linear", (B, 1))]
-# Design document 002: z = 64, G 64 -> 256 -> 784 with LeakyReLU, D 784 -> 128 -> 1 (a logit instead of Tanh).
-MLP_002_FLAGS = ["--z-dim", "64", "--g-hidden", "256", "--d-hidden", "128", "--g-act", "leaky"]
-MLP_002_G = [("Linear", (B, 256)), ("LeakyReLU", (B, 256)), ("Linear", (B, 784)), ("Tanh", (B, 784))]
-MLP_002_D = [("Flatten", (B, 784)), ("Linear", (B, 128)), ("LeakyReLU", (B, 128)), ("Linear", (B, 1))]
-# Design document 003 ("DCGAN Generator": InfoGAN appendix C.1, "DCGAN Discriminator").
-DCGAN_003_G = [("Linear", (B, 1024)), ("ReLU", (B, 1024)), ("BatchNorm1d", (B, 1024)),
+# The "Simple GAN" of giakou4/gans: z = 64, G 64 -> 256 -> 784 with LeakyReLU, D 784 -> 128 -> 1 (a logit, not Tanh).
+SIMPLE_GAN_FLAGS = ["--z-dim", "64", "--g-hidden", "256", "--d-hidden", "128", "--g-act", "leaky"]
+SIMPLE_GAN_G = [("Linear", (B, 256)), ("LeakyReLU", (B, 256)), ("Linear", (B, 784)), ("Tanh", (B, 784))]
+SIMPLE_GAN_D = [("Flatten", (B, 784)), ("Linear", (B, 128)), ("LeakyReLU", (B, 128)), ("Linear", (B, 1))]
+# The CS231n notebook's "DCGAN Generator" (InfoGAN appendix C.1) and "DCGAN Discriminator".
+CS231N_DCGAN_G = [("Linear", (B, 1024)), ("ReLU", (B, 1024)), ("BatchNorm1d", (B, 1024)),
                ("Linear", (B, 6272)), ("ReLU", (B, 6272)), ("BatchNorm1d", (B, 6272)),
                ("Unflatten", (B, 128, 7, 7)),
                ("ConvTranspose2d", (B, 64, 14, 14)), ("ReLU", (B, 64, 14, 14)), ("BatchNorm2d", (B, 64, 14, 14)),
                ("ConvTranspose2d", (B, 1, 28, 28)), ("Tanh", (B, 1, 28, 28))]
-DCGAN_003_D = [("Conv2d", (B, 32, 24, 24)), ("LeakyReLU", (B, 32, 24, 24)), ("MaxPool2d", (B, 32, 12, 12)),
+CS231N_DCGAN_D = [("Conv2d", (B, 32, 24, 24)), ("LeakyReLU", (B, 32, 24, 24)), ("MaxPool2d", (B, 32, 12, 12)),
                ("Conv2d", (B, 64, 8, 8)), ("LeakyReLU", (B, 64, 8, 8)), ("MaxPool2d", (B, 64, 4, 4)),
                ("Flatten", (B, 1024)), ("Linear", (B, 1024)), ("LeakyReLU", (B, 1024)), ("Linear", (B, 1))]
 
 
 @pytest.mark.parametrize("script, flags, g_table, d_table", [
-    ("vanilla_gan", [], MLP_003_G, MLP_003_D),
-    ("vanilla_gan", MLP_002_FLAGS, MLP_002_G, MLP_002_D),
-    ("lsgan", [], MLP_003_G, MLP_003_D),
-    ("lsgan", MLP_002_FLAGS, MLP_002_G, MLP_002_D),
-    ("dcgan_mnist", [], DCGAN_003_G, DCGAN_003_D),
+    ("vanilla_gan", [], CS231N_MLP_G, CS231N_MLP_D),
+    ("vanilla_gan", SIMPLE_GAN_FLAGS, SIMPLE_GAN_G, SIMPLE_GAN_D),
+    ("lsgan", [], CS231N_MLP_G, CS231N_MLP_D),
+    ("lsgan", SIMPLE_GAN_FLAGS, SIMPLE_GAN_G, SIMPLE_GAN_D),
+    ("dcgan_mnist", [], CS231N_DCGAN_G, CS231N_DCGAN_D),
 ])
-def test_layer_shapes_match_the_design_documents(script, flags, g_table, d_table):
+def test_layer_shapes_match_the_published_tables(script, flags, g_table, d_table):
     module = importlib.import_module(script)
     args = module.parse_args(flags + ["--device", "cpu"])
     G, D, _, _ = module.build(args, torch.device("cpu"))
     z = torch.randn(B, args.z_dim)
-    assert layer_shapes(G.net, z) == g_table
+    assert layer_shapes(G.net, z, with_types=True) == g_table
     assert G(z).shape == (B, 1, 28, 28)
     x = torch.rand(B, 1, 28, 28) * 2 - 1
-    assert layer_shapes(D.net, x) == d_table
+    assert layer_shapes(D.net, x, with_types=True) == d_table
     assert D(x).shape == (B,)
     slopes = {m.negative_slope for m in D.modules() if isinstance(m, torch.nn.LeakyReLU)}
-    assert slopes == {0.01}  # 003: LeakyReLU(alpha=0.01)
+    assert slopes == {0.01}  # the notebook's LeakyReLU(alpha=0.01)
 
 
 def train(script, data, out, *flags):
     """Train in-process through the script's main(), as its command line does, with small batches."""
     importlib.import_module(script).main(
         ["--data", str(data), "--out", str(out), "--batch-size", "16", "--device", "cpu", *map(str, flags)])
-    return torch.load(out / "checkpoint.pt", weights_only=True)
+    return load_checkpoint(out)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_command_line_trains_and_writes_the_run_folder_then_generates(script, tiny_mnist, tmp_path):
+def test_command_line_trains_and_writes_the_run_folder_then_generates(script, tiny_mnist, tmp_path, capsys):
     out = tmp_path / "run"
     # 256 digits in batches of 16: 16 steps an epoch, so 20 steps end epoch 1 and stop inside epoch 2.
     done = run_script(f"{script}.py", "--data", tiny_mnist, "--out", out, "--batch-size", 16, "--max-steps", 20,
@@ -96,12 +85,11 @@ def test_command_line_trains_and_writes_the_run_folder_then_generates(script, ti
     rows = (out / "log.csv").read_text().splitlines()
     assert rows[0] == "step,epoch,time,loss_d,loss_g,d_real,d_fake" and len(rows) == 21
     assert rows[-1].startswith("20,2,")
-    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    ckpt = load_checkpoint(out)
     assert (ckpt["script"], ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]) == (script, 20, 1, 4)
 
-    done = run_script(f"{script}.py", "--out", out, "--generate", 70, "--device", "cpu")
-    assert done.returncode == 0, done.stderr
-    assert "wrote 70 images" in done.stdout
+    importlib.import_module(script).main(["--out", str(out), "--generate", "70", "--device", "cpu"])
+    assert "wrote 70 images" in capsys.readouterr().out
     images = sorted((out / "generated").glob("0*.png"))
     assert len(images) == 70 and images[-1].name == "000069.png"
     assert torchvision.io.read_image(str(images[0])).shape[-2:] == (28, 28)
@@ -130,31 +118,122 @@ def test_amp_trains_a_few_steps(tiny_mnist, tmp_path):
 
 def test_ctrl_c_saves_a_checkpoint_at_a_step_boundary(tiny_mnist, tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, str(REPO / "vanilla_gan.py"), "--data", str(tiny_mnist), "--out",
-                             str(out), "--batch-size", "16", "--device", "cpu", "--log-every", "0.05"],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and (not (out / "log.csv").exists() or
-                                      (out / "log.csv").read_text().count("\n") < 5):
-        time.sleep(0.1)
+    proc = start_script("vanilla_gan.py", "--data", tiny_mnist, "--out", out, "--batch-size", 16, "--device", "cpu",
+                        "--log-every", 0.05)
+    wait_for_steps(proc, out, 4)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
-    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    ckpt = load_checkpoint(out)
     last_row = (out / "log.csv").read_text().splitlines()[-1]
     assert ckpt["step"] > 0 and last_row.startswith(f"{ckpt['step']},")
 
 
+# ---- the position in the data, stops and kills -------------------------------------------------------------
+# 256 digits: an epoch is 16 steps at batch 16 and 4 at batch 64 (64 x 4 = 256, nothing left over).
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_epoch_batches_use_the_rest_of_the_epoch_once_whatever_the_split(script):
+    epoch_batches = importlib.import_module(script).epoch_batches
+    n, seed, epoch = 103, 7, 2
+    order = epoch_batches(n, 1, seed, epoch, 0).flatten()      # the epoch's order: one sample a step
+    assert sorted(order.tolist()) == list(range(n))
+    assert torch.equal(order, epoch_batches(n, 1, seed, epoch, 0).flatten())  # from (seed, epoch) alone
+    assert not torch.equal(order, epoch_batches(n, 1, seed, epoch + 1, 0).flatten())
+    for batch_size, world in [(1, 1), (4, 1), (16, 1), (5, 2), (3, 3), (8, 4), (103, 1), (60, 2)]:
+        per_step = batch_size * world
+        for seen in sorted({0, 1, 16, 37, 80, 102, 103, max(0, n - per_step), max(0, n - per_step - 1)}):
+            steps = (n - seen) // per_step                     # what is left after them is less than a step
+            single = epoch_batches(n, per_step, seed, epoch, seen)  # one process taking every rank's share
+            assert single.shape == (steps, per_step)
+            assert torch.equal(single.flatten(), order[seen:seen + steps * per_step]), (batch_size, world, seen)
+            ranks = [epoch_batches(n, batch_size, seed, epoch, seen, rank, world) for rank in range(world)]
+            assert all(b.shape == (steps, batch_size) for b in ranks)
+            for k in range(steps):                             # step k: the ranks share single's batch k
+                assert sorted(torch.cat([b[k] for b in ranks]).tolist()) == sorted(single[k].tolist())
+    # 10 steps at batch 16, then batch 64 from sample 160: the epoch's order, no sample twice, none skipped
+    before, after = epoch_batches(256, 16, seed, epoch, 0)[:10], epoch_batches(256, 64, seed, epoch, 160)
+    full = epoch_batches(256, 1, seed, epoch, 0).flatten()
+    assert torch.equal(torch.cat([before.flatten(), after.flatten()]), full[:160 + 64])
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_resume_with_another_batch_size_goes_on_from_the_same_sample(script, tiny_mnist, tmp_path, capsys):
+    out = tmp_path / "run"
+    train(script, tiny_mnist, out, "--max-steps", 10)          # 160 samples into epoch 1
+    capsys.readouterr()
+    with time_limit(60):                                       # (the code before looped forever here)
+        ckpt = train(script, tiny_mnist, out, "--resume", "--batch-size", 64, "--max-steps", 13)
+    # Step 11 takes samples 160-223 and ends epoch 1 (32 are left, less than a step); 12 and 13 begin epoch 2.
+    assert (ckpt["step"], ckpt["epoch"], ckpt["seen"]) == (13, 1, 128)
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("resuming with")]
+    assert len(notes) == 1 and "64" in notes[0] and "16" in notes[0] and "160" in notes[0], notes
+    with open(out / "log.csv", newline="") as f:
+        epochs = [int(row[1]) for row in list(csv.reader(f))[1:]]
+    assert logged_steps(out) == list(range(1, 14)) and epochs == [1] * 11 + [2] * 2
+    # Back to batch 16: --epochs 2 ends at the end of epoch 2, 8 steps later (samples 128-255).
+    with time_limit(60):
+        ckpt = train(script, tiny_mnist, out, "--resume", "--epochs", 2)
+    assert (ckpt["step"], ckpt["epoch"], ckpt["seen"]) == (21, 2, 0)
+    assert logged_steps(out) == list(range(1, 22))
+    assert sum(line.startswith("resuming with") for line in capsys.readouterr().out.splitlines()) == 1
+
+
+def test_log_after_a_hard_kill_holds_each_step_once(tiny_mnist, tmp_path):
+    out = tmp_path / "run"
+    proc = start_script("vanilla_gan.py", "--data", tiny_mnist, "--out", out, "--batch-size", 16, "--device", "cpu",
+                        "--log-every", 0.01)
+    wait_for_steps(proc, out, 20)                              # past the checkpoint at the end of epoch 1
+    proc.send_signal(signal.SIGSTOP)                           # frozen: the log and the checkpoint stay as they are
+    for _ in range(100):                                       # until the log has steps the checkpoint has not
+        if logged_steps(out)[-1] > load_checkpoint(out)["step"]:
+            break
+        proc.send_signal(signal.SIGCONT)
+        time.sleep(0.01)
+        proc.send_signal(signal.SIGSTOP)
+    proc.kill()
+    proc.communicate()
+    saved, logged = load_checkpoint(out)["step"], logged_steps(out)
+    assert saved % 16 == 0 and logged[-1] > saved
+    epochs = saved // 16 + 2                                   # through the steps logged after the checkpoint
+    train("vanilla_gan", tiny_mnist, out, "--resume", "--epochs", epochs, "--log-every", 0.01)
+    assert logged_steps(out) == list(range(1, 16 * epochs + 1))
+
+
+@pytest.mark.parametrize("target", ["process", "process group"])
+def test_sigterm_saves_a_checkpoint_at_a_step_boundary_and_exits_0(target, tiny_mnist, tmp_path):
+    out = tmp_path / "run"
+    proc = start_script("vanilla_gan.py", "--data", tiny_mnist, "--out", out, "--batch-size", 16, "--device", "cpu",
+                        "--log-every", 0.01, start_new_session=True)
+    wait_for_steps(proc, out, 4)
+    if target == "process":                                    # kill PID
+        proc.send_signal(signal.SIGTERM)
+    else:                                                      # a scheduler; twice, as torchrun's children get it
+        os.killpg(proc.pid, signal.SIGTERM)                    # (directly and through torchrun): the second one,
+        time.sleep(0.01)                                       # within a second, must not kill the run
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "Traceback" not in stderr, stderr
+    ckpt = load_checkpoint(out)
+    assert ckpt["step"] > 0 and logged_steps(out) == list(range(1, ckpt["step"] + 1))
+    assert f"trained {ckpt['step']} steps" in stdout
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_generate_writes_exactly_n_images_and_the_grid_beside_them(script, tiny_mnist, tmp_path, capsys):
+    out = tmp_path / "run"
+    train(script, tiny_mnist, out, "--max-steps", 1)
+    importlib.import_module(script).main(["--out", str(out), "--generate", "70", "--batch-size", "16",
+                                          "--device", "cpu"])
+    assert "wrote 70 images" in capsys.readouterr().out
+    assert sorted(p.name for p in (out / "generated").iterdir()) == [f"{i:06d}.png" for i in range(70)]
+    assert torchvision.io.read_image(str(out / "generated_grid.png")).shape[-2:] == (242, 242)  # 8x8 of 28x28
+    first, later = (torchvision.io.read_image(str(out / "generated" / f"{i:06d}.png")) for i in (0, 64))
+    assert not torch.equal(first, later)                       # images of the second chunk are new ones
+
+
 # ---- bad input: one clear line, exit status != 0, no traceback ----------------------------------------------
-
-def error_of(script, *argv):
-    """The message a bad command line ends with (main raises SystemExit with it; the interpreter prints it)."""
-    with pytest.raises(SystemExit) as exit_info:
-        importlib.import_module(script).main([*map(str, argv)])
-    message = exit_info.value.code
-    assert isinstance(message, str) and message.startswith(f"{script}.py: error: ") and "\n" not in message
-    return message
-
 
 @pytest.mark.parametrize("script", SCRIPTS)
 @pytest.mark.parametrize("flags, expected", [
@@ -198,7 +277,7 @@ def test_nan_losses_stop_the_run_and_keep_the_last_good_checkpoint(tiny_mnist, t
     message = error_of("vanilla_gan", "--data", tiny_mnist, "--out", out, "--batch-size", 16, "--device", "cpu",
                        "--resume", "--lr", 1e30, "--max-steps", 30)
     assert "NaN" in message
-    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    ckpt = load_checkpoint(out)
     assert ckpt["step"] == 2 and all(torch.isfinite(v).all() for v in ckpt["G"].values())
 
 
@@ -218,6 +297,18 @@ def test_damaged_checkpoint_and_missing_mnist_from_the_command_line(tiny_mnist, 
     assert len(done.stderr.strip().splitlines()) == 1
     assert f"MNIST is not in {tmp_path / 'nothing' / 'MNIST' / 'raw'}" in done.stderr
     shutil.rmtree(tmp_path / "nothing", ignore_errors=True)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_missing_mnist_without_network_is_one_short_line(script, tmp_path, monkeypatch):
+    """Every download goes to a proxy that does not exist; --data is given as a user types it, relative."""
+    offline = {"http": "http://127.0.0.1:9", "https": "http://127.0.0.1:9"}
+    monkeypatch.setattr(urllib.request, "_opener", urllib.request.build_opener(urllib.request.ProxyHandler(offline)))
+    monkeypatch.chdir(tmp_path)
+    message = error_of(script, "--data", "nothing", "--out", "run", "--device", "cpu")
+    assert os.path.join("nothing", "MNIST", "raw") in message, message
+    assert "train-images-idx3-ubyte" in message and "train-labels-idx1-ubyte" in message
+    assert len(message) < 250, message
 
 
 def test_dcgan_samples_use_batch_statistics_and_leave_running_statistics_alone():

@@ -1,0 +1,177 @@
+"""dcgan64.py and dcgan256.py when things go wrong, through the command line: stop signals sent to the process
+group (DataLoader workers, --cache, torchrun), a resume on another number of processes, a NaN under torchrun,
+photos with an EXIF orientation, torchvision without its image decoders, and the memory of --cache and
+--generate."""
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+import torchvision
+
+import dcgan64
+from helpers import ONE_THREAD, REPO, load_checkpoint, run_script, start_script, wait_for_steps
+
+SMALL = ("--ngf", "8", "--ndf", "8", "--device", "cpu")
+
+
+@pytest.fixture(scope="module")
+def many_photos(tmp_path_factory):
+    """300 small JPEGs: enough for epochs that last while a test sends its signals."""
+    root = tmp_path_factory.mktemp("many")
+    g = torch.Generator().manual_seed(0)
+    for i in range(300):
+        torchvision.io.write_jpeg((torch.rand(3, 80, 70, generator=g) * 255).to(torch.uint8), str(root / f"{i}.jpg"))
+    return root
+
+
+def stop_with_signal(argv, out, sig, whole_group, processes=None):
+    """Start dcgan64.py (a new process group), wait until log.csv has 12 steps, send sig to the process or its
+    whole group, and return (exit status, stdout + stderr)."""
+    proc = start_script("dcgan64.py", *argv, processes=processes, start_new_session=True)
+    wait_for_steps(proc, out, 12)
+    if whole_group:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=120)
+    return proc.returncode, stdout + stderr
+
+
+def assert_checkpoint_at_a_step_boundary(out):
+    ckpt = load_checkpoint(out)
+    steps = [int(row.split(",")[0]) for row in (out / "log.csv").read_text().splitlines()[1:]]
+    assert ckpt["step"] > 0 and steps == list(range(1, ckpt["step"] + 1))
+    return ckpt
+
+
+@pytest.mark.parametrize("sig, whole_group, flags", [
+    (signal.SIGTERM, True, ("--workers", "2")),                 # what SLURM and Kubernetes do
+    (signal.SIGINT, True, ("--workers", "2")),                  # Ctrl-C in a terminal
+    (signal.SIGTERM, False, ("--cache", "--workers", "1")),
+])
+def test_a_stop_signal_saves_at_a_step_boundary_and_exits_0(sig, whole_group, flags, many_photos, tmp_path):
+    out = tmp_path / "run"
+    status, output = stop_with_signal(["--data", many_photos, "--out", out, "--batch-size", 4,
+                                       "--log-every", 0.05, *flags, *SMALL], out, sig, whole_group)
+    assert status == 0 and "Traceback" not in output, output
+    assert "trained" in output
+    assert_checkpoint_at_a_step_boundary(out)
+
+
+def test_torchrun_stops_both_processes_at_the_same_step_on_sigterm_to_the_group(many_photos, tmp_path):
+    out = tmp_path / "run"
+    _, output = stop_with_signal(["--data", many_photos, "--out", out, "--batch-size", 4,
+                                  "--workers", 1, "--log-every", 0.05, *SMALL], out, signal.SIGTERM, True,
+                                 processes=2)
+    # torchrun itself reports the signal with a traceback of its own and exits 1; the training processes
+    # finish their step, save, agree on G's weights and leave without one.
+    assert "dcgan64.py\", line" not in output, output
+    digests = output.split("G weights per process (sha256): ")[1].split()[:2]
+    assert digests[0] == digests[1]
+    assert assert_checkpoint_at_a_step_boundary(out)["world"] == 2
+
+
+@pytest.fixture(scope="module")
+def three_steps(photo_folder, tmp_path_factory):
+    """A run of 3 steps of batch 2 in one process: 16 images (14 readable, 2 stood in for), so 6 samples seen."""
+    out = tmp_path_factory.mktemp("three_steps") / "run"
+    assert run_script("dcgan64.py", *on_photos(photo_folder, out), "--max-steps", 3).returncode == 0
+    return out
+
+
+def on_photos(photo_folder, out):
+    return ("--data", photo_folder, "--out", out, "--batch-size", 2, "--workers", 0, *SMALL)
+
+
+def test_resume_on_more_processes_goes_on_from_the_same_sample(three_steps, photo_folder, tmp_path):
+    """After 3 steps of 2 samples in one process, 2 processes take 4 samples a step, so epoch 1 has 2 steps left
+    (2 samples, less than a step, are left over) and --epochs 1 ends at step 5, the two processes' weights equal."""
+    out = tmp_path / "run"
+    shutil.copytree(three_steps, out)
+    result = run_script("dcgan64.py", *on_photos(photo_folder, out), "--resume", "--epochs", 1, processes=2)
+    assert result.returncode == 0, result.stderr
+    assert "resuming with 2 x 2 samples a step instead of 1 x 2: epoch 1 goes on from sample 6 of 16" in result.stdout
+    digests = re.search(r"G weights per process \(sha256\): (\w+) (\w+)", result.stdout)
+    assert digests and digests[1] == digests[2]
+    assert "trained 2 steps" in result.stdout and result.stdout.count("trained") == 1  # one process logs
+    ckpt = assert_checkpoint_at_a_step_boundary(out)
+    assert (ckpt["step"], ckpt["epoch"], ckpt["seen"], ckpt["world"]) == (5, 1, 0, 2)
+
+
+def test_nan_under_torchrun_stops_every_process_at_the_same_step(three_steps, photo_folder, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(three_steps, out)
+    ckpt = load_checkpoint(out)
+    ckpt["D"] = {k: v.float().fill_(float("nan")) if v.is_floating_point() else v for k, v in ckpt["D"].items()}
+    torch.save(ckpt, out / "checkpoint.pt")
+    result = run_script("dcgan64.py", *on_photos(photo_folder, out), "--resume", "--max-steps", 30, processes=2,
+                        timeout=120)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("dcgan64.py: error: ")]
+    # Checked at the end of epoch 1, step 5 (see the test above), in both processes; the checkpoint stays.
+    assert len(errors) == 2 and errors[0] == errors[1] and "NaN or infinite by step 5;" in errors[0], result.stderr
+    assert load_checkpoint(out)["step"] == 3
+
+
+def exif_rotated_jpeg(path):
+    """A 40 x 80 (wide x tall) JPEG, left half black and right half white, whose EXIF says "rotate 90 degrees
+    clockwise to view" (orientation 6): upright it is 80 wide and 40 tall, black on top."""
+    from PIL import Image
+    image = Image.new("L", (40, 80), 0)
+    image.paste(255, (20, 0, 40, 80))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    image.convert("RGB").save(path, exif=exif)
+
+
+@pytest.mark.parametrize("decoders", ["torchvision", "PIL"])
+def test_photos_are_turned_upright_by_their_exif_orientation(decoders, tmp_path, monkeypatch):
+    exif_rotated_jpeg(tmp_path / "phone.jpg")
+    if decoders == "PIL":
+        monkeypatch.setattr(dcgan64, "decode_image", None)
+    image = dcgan64.load_image(str(tmp_path / "phone.jpg"), 1)[0].float()  # (64, 64): the centre of the upright photo
+    assert image[:24].mean() < 40 and image[-24:].mean() > 215  # black on top, white below
+
+
+HIDE_DECODERS = ("import runpy, sys, torchvision.io as io, torchvision.transforms.v2\n"
+                 "for name in ('decode_image', 'decode_jpeg', 'decode_png', 'read_file', 'read_image'):\n"
+                 "    delattr(io, name)\n"
+                 "sys.argv = sys.argv[1:]\n"
+                 "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+
+
+def test_trains_with_pil_when_torchvision_has_no_image_decoders(photo_folder, tmp_path):
+    result = subprocess.run([sys.executable, "-c", HIDE_DECODERS, str(REPO / "dcgan64.py"), "--data", photo_folder,
+                             "--out", tmp_path / "run", *map(str, ("--batch-size", 4, "--max-steps", 4, "--workers", 0)), *SMALL],
+                            cwd=REPO, env=ONE_THREAD, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "trained 4 steps" in result.stdout and "truncated.jpg" in result.stdout and "skipped 2" in result.stdout
+
+
+def peak_memory_mib(script, *args):
+    """Peak resident memory of one run of script, in MiB (through a fresh interpreter that reports its child's)."""
+    report = ("import resource, subprocess, sys\n"
+              "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL)\n"
+              "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n")
+    done = subprocess.run([sys.executable, "-c", report, sys.executable, str(REPO / script), *map(str, args)],
+                          cwd=REPO, env=ONE_THREAD, capture_output=True, text=True, timeout=300, check=True)
+    return int(done.stdout) / 1024
+
+
+def test_cache_and_generate_hold_about_one_copy_of_their_images(many_photos, three_steps, tmp_path):
+    """--cache at 256x256: 300 images are 300 * 3 * 256 * 256 bytes = 56 MiB, held once (no list of batches, no
+    concatenated copy). --generate of 1,500 images holds a chunk at a time, not 1,500 float images (70 MiB)."""
+    train = ("--data", many_photos, "--batch-size", 2, "--max-steps", 1, "--workers", 0, *SMALL)
+    plain = peak_memory_mib("dcgan256.py", *train, "--out", tmp_path / "a")
+    cached = peak_memory_mib("dcgan256.py", *train, "--out", tmp_path / "b", "--cache")
+    assert 40 < cached - plain < 56 * 1.5, (plain, cached)
+    shutil.copytree(three_steps, tmp_path / "c")
+    few = peak_memory_mib("dcgan64.py", "--out", tmp_path / "c", "--generate", 64, *SMALL)
+    many = peak_memory_mib("dcgan64.py", "--out", tmp_path / "c", "--generate", 1500, *SMALL)
+    assert many - few < 30, (few, many)
+    assert len(list((tmp_path / "c" / "generated").iterdir())) == 1500

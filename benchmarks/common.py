@@ -51,7 +51,7 @@ GENERATE_RE = re.compile(r"wrote (\d+) images to .* \(G: ([\d.]+) images/s\)")
 
 
 def generated_rate(stdout):
-    """Images/s of G from the `wrote N images to DIR (G: X images/s)` line."""
+    """Images/s of G from the `wrote N images to DIR ... (G: X images/s)` line of --generate."""
     m = GENERATE_RE.search(stdout)
     if not m:
         raise ScriptFailed(f"no 'wrote N images ... (G: X images/s)' line in:\n{stdout[-500:]}")

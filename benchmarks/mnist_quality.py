@@ -1,9 +1,9 @@
 """Sample quality of generated MNIST digits, measured with a small digit classifier trained here.
 
 Usage:
-    python benchmarks/mnist_quality.py --data ../shared/data/mnist runs/vanilla_gan/generated [more folders ...]
+    python benchmarks/mnist_quality.py --data ./data runs/vanilla_gan/generated [more folders ...]
 
-A folder is what `--generate N` writes: 000000.png, 000001.png, ... (grid.png and other names are ignored), grayscale
+A folder is what `--generate N` writes: 000000.png, 000001.png, ... (files of other names are ignored), grayscale
 or RGB (converted to grayscale), 28x28 or any other size (resized to 28x28 with antialiasing, e.g. dcgan64.py's 64x64).
 
 How the numbers are computed
@@ -297,7 +297,8 @@ def format_scores(name, s):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("folders", nargs="*", help="folders of generated images (000000.png ...)")
-    p.add_argument("--data", required=True, help="torchvision MNIST root (MNIST/raw/*-ubyte)")
+    p.add_argument("--data", required=True,
+                   help="torchvision MNIST root (MNIST/raw/*-ubyte), e.g. ./data, where the MNIST scripts download it")
     p.add_argument("--cache", default=str(DEFAULT_CACHE), help="classifier cache file")
     p.add_argument("--limit", type=int, default=None, help="score at most this many images of each folder")
     p.add_argument("--classifier-steps", type=int, default=TRAIN_STEPS, help="training steps of the classifier")

@@ -1,7 +1,7 @@
 """Sample quality of the MNIST scripts against wall time, and their losses at iteration 3750: one command.
 
     pip install -r benchmarks/requirements.txt          # matplotlib, for the plots (tables are written without it)
-    python benchmarks/results.py --mnist ../shared/data/mnist
+    python benchmarks/results.py --mnist ./data         # ./data: where the MNIST scripts download MNIST
 
 Sections (all by default; pick with --only quality losses):
 - quality: vanilla_gan.py, lsgan.py and dcgan_mnist.py train on the MNIST train split under --mnist, and dcgan64.py
@@ -11,11 +11,11 @@ Sections (all by default; pick with --only quality losses):
   10, ... up to the budget; `--resume --epochs K` continues), writes --generate 5000 images and scores them with
   mnist_quality.py (read its docstring for how). Wall time is the `time` column of log.csv at the last step
   (training only; start-up, generation and scoring are not counted).
-- losses: vanilla_gan.py, lsgan.py and dcgan_mnist.py with design document 003's settings (batch 128, Adam lr 1e-3,
-  beta1 0.5, z of size 96, its networks) stopped by --max-steps 3750; loss_d and loss_g at step 3750 from log.csv,
-  and their mean over steps 3701-3750 (single steps are noisy), beside 003's numbers. When the quality run of a
-  script already passed step 3750 with exactly these settings (its defaults are 003's), its log is read instead of
-  training again: the runs are deterministic, so the result is the same.
+- losses: vanilla_gan.py, lsgan.py and dcgan_mnist.py with the Stanford CS231n GAN notebook's settings (batch 128,
+  Adam lr 1e-3, beta1 0.5, z of size 96, its networks) stopped by --max-steps 3750; loss_d and loss_g at step 3750
+  from log.csv, and their mean over steps 3701-3750 (single steps are noisy), beside the notebook's numbers. When
+  the quality run of a script already passed step 3750 with exactly these settings (its defaults are the
+  notebook's), its log is read instead of training again: the runs are deterministic, so the result is the same.
 
 Outputs in benchmarks/results/ (--results to change): quality.md, quality.csv, quality_vs_time.png,
 losses_<script>.png (losses, D(x), D(G(z)) against steps), samples_<script>.png (the last fixed-noise grid),
@@ -59,8 +59,8 @@ QUICK_FLAGS = {"vanilla_gan": ["--batch-size", "16", "--g-hidden", "32", "--d-hi
 QUICK_NETWORK_FLAGS = {"vanilla_gan": ["--g-hidden", "32", "--d-hidden", "32"],
                        "lsgan": ["--g-hidden", "32", "--d-hidden", "32"], "dcgan64": ["--ngf", "8", "--ndf", "8"]}
 
-# design document 003 (cs231n GAN notebook): D and G losses at iteration 3750, and its settings
-DOC_3750 = {"vanilla_gan": (1.451, 0.8231), "lsgan": (0.239, 0.165), "dcgan_mnist": (0.9103, 1.15)}
+# the Stanford CS231n GAN notebook: its D and G losses at iteration 3750, and its settings
+CS231N_3750 = {"vanilla_gan": (1.451, 0.8231), "lsgan": (0.239, 0.165), "dcgan_mnist": (0.9103, 1.15)}
 SETTINGS_3750 = {"batch_size": 128, "lr": 1e-3, "beta1": 0.5, "z_dim": 96, "amp": False}
 FLAGS_3750 = ["--batch-size", "128", "--lr", "1e-3", "--beta1", "0.5", "--z-dim", "96"]  # and no --amp
 STEP_3750 = 3750
@@ -71,7 +71,8 @@ CSV_FIELDS = ["script", "epoch", "steps", "time_s", "n_generated", "n_fd", "dist
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--mnist", required=True, help="torchvision MNIST root (MNIST/raw/*-ubyte), e.g. ../shared/data/mnist")
+    p.add_argument("--mnist", required=True,
+                   help="torchvision MNIST root (MNIST/raw/*-ubyte), e.g. ./data, where the MNIST scripts download it")
     p.add_argument("--only", nargs="+", choices=["quality", "losses"], default=["quality", "losses"])
     p.add_argument("--scripts", nargs="+", choices=list(QUALITY), default=list(QUALITY),
                    help="quality section: which scripts (rows of the others are kept from an earlier quality.csv)")
@@ -121,7 +122,7 @@ def estimate_minutes(args, n_digits):
             epochs = checkpoint_epochs(args, name)
             total += epochs[-1] * QUALITY[name]["sec_per_epoch"] * scale + 20 * len(epochs)
     if "losses" in args.only:  # the steps from the end of each quality run (or from 0) to 3750
-        for name in DOC_3750:
+        for name in CS231N_3750:
             done = checkpoint_epochs(args, name)[-1] * n_digits // 128 if name in args.scripts else 0
             total += max(0, STEP_3750 - done) * QUALITY[name]["sec_per_epoch"] / 78 + 10
     return total / 60
@@ -232,8 +233,8 @@ def quality_markdown(rows, ys, args, machine):
         f"Machine: {common.machine_line(machine)}.\n",
         f"Data: {data_note}. The scripts train on all of them with their default settings (dcgan64.py on the same "
         "digits resized to 64x64, grayscale). "
-        + ("These are the 10,000 official MNIST test digits when `--mnist` is `../shared/data/mnist`; figures on the "
-           "60,000 training digits would differ. " if ys.same_digits else "")
+        + ("Both splits holding the same digits is what a root gives when the 10,000 official test digits are copied "
+           "into its train split; figures on the 60,000 training digits would differ. " if ys.same_digits else "")
         + f"Each checkpoint scores {n_gen} generated images with `benchmarks/mnist_quality.py`: {ys.describe()}. "
         f"Distance = Frechet distance of the classifier's 128-d features (n={n_fd} generated vs {n_fd} real, "
         f"against a fixed half of {ys.h} real digits); "
@@ -317,11 +318,11 @@ def plot_losses(log, path, title):
 
 
 def losses_section(args, data, machine):
-    """D and G losses at step 3750 (5 with --quick) with 003's settings, beside 003's numbers."""
+    """D and G losses at step 3750 (5 with --quick) with the CS231n notebook's settings, beside its numbers."""
     target = 5 if args.quick else STEP_3750
     results = Path(args.results)
     rows = []
-    for name, (doc_d, doc_g) in DOC_3750.items():
+    for name, (cs231n_d, cs231n_g) in CS231N_3750.items():
         quality_out, out = Path(args.runs) / name, Path(args.runs) / f"{name}_step{target}"
         reusable = False
         if (quality_out / "checkpoint.pt").is_file() and not args.quick:
@@ -346,21 +347,22 @@ def losses_section(args, data, machine):
         window = [r for r in log if target - SMOOTH < r["step"] <= target]
         mean_d = sum(r["loss_d"] for r in window) / len(window)
         mean_g = sum(r["loss_g"] for r in window) / len(window)
-        rows.append([f"`{name}.py`", f"{doc_d}", f"{doc_g}", f"{at['loss_d']:.4f}", f"{at['loss_g']:.4f}",
+        rows.append([f"`{name}.py`", f"{cs231n_d}", f"{cs231n_g}", f"{at['loss_d']:.4f}", f"{at['loss_g']:.4f}",
                      f"{mean_d:.4f}", f"{mean_g:.4f}", source])
         print(f"  {name} step {target}: D {at['loss_d']:.4f} G {at['loss_g']:.4f} "
               f"(mean of steps {target - len(window) + 1}-{target}: D {mean_d:.4f} G {mean_g:.4f}); "
-              f"003: D {doc_d} G {doc_g}", flush=True)
+              f"CS231n: D {cs231n_d} G {cs231n_g}", flush=True)
     text = "\n".join([
-        f"## Losses at iteration {target}, beside design document 003\n",
+        f"## Losses at iteration {target}, beside the CS231n GAN notebook\n",
         f"Machine: {common.machine_line(machine)}.\n",
-        "Settings as in 003: batch 128, Adam lr 1e-3, beta1 0.5, z of size 96 (N(0, I) here), 003's networks; "
-        f"data: the MNIST train split under `--mnist` (003 trained on MNIST's training digits). D's loss is the "
-        "mean over real plus the mean over fake (LSGAN: half of each squared error), G's the non-saturating or "
-        "least-squares loss, as in 003. One step's losses are noisy, so the mean of the "
+        "Settings as in the Stanford CS231n GAN notebook: batch 128, Adam lr 1e-3, beta1 0.5, z of size 96 "
+        "(N(0, I) here), its networks; data: the MNIST train split under `--mnist` (the notebook trained on MNIST's "
+        "training digits). D's loss is the mean over real plus the mean over fake (LSGAN: half of each "
+        "squared error), G's the non-saturating or least-squares loss, as in the notebook. One step's losses are "
+        "noisy, so the mean of the "
         f"{SMOOTH} steps ending at {target} is given too.\n",
         f"Command: `{command_line(args)}`\n",
-        common.md_table(["script", "003: D", "003: G", f"ours: D at {target}", f"ours: G at {target}",
+        common.md_table(["script", "CS231n: D", "CS231n: G", f"ours: D at {target}", f"ours: G at {target}",
                          f"ours: D, mean of {SMOOTH}", f"ours: G, mean of {SMOOTH}", "read from"], rows),
     ])
     (results / f"losses_{target}.md").write_text(text)

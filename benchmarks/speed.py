@@ -1,6 +1,6 @@
 """Training and generation speed of the five scripts on this machine's default device: one command.
 
-    python benchmarks/speed.py --mnist ../shared/data/mnist --images ../shared/data/celeba-32
+    python benchmarks/speed.py --mnist ./data --images ./celeba
 
 Each script runs through its real command line (device auto: cuda, then mps, then cpu), in fp32 and with --amp,
 at the batch sizes users use (MNIST scripts and dcgan64.py 128; dcgan256.py 8, 16 and 32), for --warmup + --steps
@@ -12,7 +12,7 @@ steps (--max-steps). Figures:
 - peak memory of the training steps: the largest resident set size of the script's main process (sampled every
   2 ms up to the last optimizer step, so the sample grid written at the end is left out; DataLoader worker
   processes not included); on CUDA also torch.cuda.max_memory_allocated() at the last step. Each run is a fresh
-  process, started by a few lines put before the script (runpy); the script itself is unchanged.
+  process, started by benchmarks/peak_memory.py, which runs the script with runpy; the script itself is unchanged.
 Data: MNIST from --mnist and photos from --images (repeated with symbolic links so that a measured run stays within
 one epoch, with real decoding cost); either one missing -> small synthetic data in a temporary folder
 (benchmarks/synthetic.py), so the tool runs anywhere (images/s do not depend on what the pixels show).
@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import synthetic  # noqa: E402
+from peak_memory import MEMORY_TAG  # noqa: E402
 
 # script, data kind, batch sizes, (warm-up, measured) steps, images for --generate, extra flags
 CONFIGS = [
@@ -39,51 +40,17 @@ CONFIGS = [
     ("dcgan256", "images", [8, 16, 32], (2, 4), 64, []),
 ]
 QUICK = {"vanilla_gan": [16], "lsgan": [16], "dcgan_mnist": [16], "dcgan64": [4], "dcgan256": [2]}
-MEMORY_TAG = "speed.py memory:"
-# Put before the script: runs it as __main__ and reports the peak memory of its training steps when it ends. A
-# thread samples the resident set size every 2 ms; an optimizer-step hook (installed as soon as the script has
-# imported torch.optim) marks the last step, so the sample grid and checkpoint written after it are left out.
-WRAPPER = f"""
-import os, resource, runpy, sys, threading, time
-path = sys.argv[1]
-sys.argv = sys.argv[1:]
-samples, last_step, cuda_peak, done = [], [0.0], [0], threading.Event()
-page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-def on_step(*_):
-    last_step[0] = time.perf_counter()
-    torch = sys.modules["torch"]
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        cuda_peak[0] = torch.cuda.max_memory_allocated()
-
-def poll():
-    hooked = False
-    while not done.wait(0.002):
-        if not hooked and "torch.optim" in sys.modules:
-            sys.modules["torch.optim"].optimizer.register_optimizer_step_post_hook(on_step)
-            hooked = True
-        try:
-            with open("/proc/self/statm") as f:
-                samples.append((time.perf_counter(), int(f.read().split()[1]) * page))
-        except OSError:
-            return
-
-threading.Thread(target=poll, daemon=True).start()
-try:
-    runpy.run_path(path, run_name="__main__")
-finally:
-    done.set()
-    during = [rss for t, rss in samples if t <= last_step[0]]
-    peak = max(during) if during else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (
-        1 if sys.platform == "darwin" else 1024)
-    print("{MEMORY_TAG} peak_rss_bytes", peak, "cuda_peak_bytes", cuda_peak[0], flush=True)
-"""
+# Put before the script: benchmarks/peak_memory.py runs it as __main__ and prints the peak memory of its training
+# steps after MEMORY_TAG when it ends.
+WRAPPER = Path(__file__).resolve().parent / "peak_memory.py"
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--mnist", help="torchvision MNIST root; synthetic digits when not given")
-    p.add_argument("--images", help="folder of photos (searched recursively); synthetic photos when not given")
+    p.add_argument("--mnist", help="torchvision MNIST root, e.g. ./data (where the MNIST scripts download it); "
+                   "synthetic digits when not given")
+    p.add_argument("--images", help="folder of photos, searched recursively (e.g. ./celeba); synthetic photos "
+                   "when not given")
     p.add_argument("--scripts", nargs="+", choices=[c[0] for c in CONFIGS], default=[c[0] for c in CONFIGS])
     p.add_argument("--steps-scale", type=float, default=1.0, help="multiply the measured steps (more = steadier)")
     p.add_argument("--no-amp", action="store_true", help="fp32 only")
@@ -97,7 +64,8 @@ def parse_args(argv=None):
 
 
 def image_folder(src, tmp, n_needed):
-    """A folder with at least n_needed photos: src itself, or links repeating its photos (or synthetic ones)."""
+    """A folder with at least n_needed photos: src itself, or links repeating its photos (or synthetic ones); and
+    the number of distinct photos."""
     if src is None:
         src = synthetic.write_image_folder(Path(tmp) / "synthetic-photos", n=min(n_needed, 64))
     suffixes = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -105,14 +73,14 @@ def image_folder(src, tmp, n_needed):
     if not photos:
         raise SystemExit(f"speed.py: error: no photos in {src}")
     if len(photos) >= n_needed:
-        return Path(src)
+        return Path(src).resolve(), len(photos)  # resolved: the scripts run in --scripts-dir
     folder = Path(tmp) / "photos"
     folder.mkdir(exist_ok=True)
     for i in range(n_needed):
         link = folder / f"{i:06d}{photos[i % len(photos)].suffix.lower()}"
         if not link.exists():
             link.symlink_to(photos[i % len(photos)].resolve())
-    return folder
+    return folder, len(photos)
 
 
 def measure(script, data, batch, amp, warmup, steps, n_generate, flags, args, tmp):
@@ -122,7 +90,7 @@ def measure(script, data, batch, amp, warmup, steps, n_generate, flags, args, tm
     stdout = common.run_script(f"{script}.py", "--data", data, "--out", out, "--batch-size", batch,
                                "--epochs", 100000, "--max-steps", warmup + steps, "--log-every", 1000,
                                *amp_flag, *flags, scripts_dir=args.scripts_dir,
-                               python=(sys.executable, "-c", WRAPPER), log=Path(tmp) / "stdout.txt")
+                               python=(sys.executable, str(WRAPPER)), log=Path(tmp) / "stdout.txt")
     log = common.read_log(out / "log.csv")
     t0 = next(r["time"] for r in log if r["step"] == warmup)
     last = log[-1]
@@ -182,14 +150,17 @@ def main(argv=None):
         # enough images that no epoch ends (and writes a sample grid) during a measured run
         per_run = max((b * (round(c[3][1] * args.steps_scale) + c[3][0] + 1) if not args.quick else b * 4
                        for c in configs for b in (QUICK[c[0]] if args.quick else c[2])), default=1)
-        mnist = args.mnist or str(synthetic.write_mnist(Path(tmp) / "mnist", n_per_class=-(-per_run // 10)))
+        mnist = str(Path(args.mnist).resolve()) if args.mnist else str(  # the scripts run in --scripts-dir
+            synthetic.write_mnist(Path(tmp) / "mnist", n_per_class=-(-per_run // 10)))
         if not args.mnist:
             notes.append("MNIST scripts: synthetic digits (no --mnist given).\n")
         images = None
         if any(c[1] == "images" for c in configs):
-            images = str(image_folder(args.images, tmp, per_run))
-            notes.append(f"Photo scripts: {'the photos of ' + args.images if args.images else 'synthetic photos'}"
-                         f"{', repeated by links so that a run stays within one epoch' if images != args.images else ''}.\n")
+            folder, n_photos = image_folder(args.images, tmp, per_run)
+            images, linked = str(folder), folder == Path(tmp) / "photos"
+            source = f"the {n_photos} photos of {args.images}" if args.images else "synthetic photos"
+            notes.append(f"Photo scripts: {source}"
+                         f"{', repeated by links so that a run stays within one epoch' if linked else ''}.\n")
         for script, kind, batches, (warmup, steps), n_gen, flags in configs:
             if args.quick:
                 batches, warmup, steps, n_gen = QUICK[script], 1, 2, 8

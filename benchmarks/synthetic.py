@@ -39,11 +39,12 @@ def write_idx(path, tensor):
     Path(path).write_bytes(header + t.numpy().tobytes())
 
 
-def write_mnist(root, n_per_class=256, seed=0):
-    """Write digit_patterns() as both MNIST splits under root (same images in train and test); return root."""
+def write_mnist(root, n_per_class=256, seed=0, digits=None):
+    """Write digits, (images uint8 (n, 28, 28), labels (n,)), by default digit_patterns(n_per_class, seed), as both
+    MNIST splits under root (same images in train and test); return root."""
     raw = Path(root) / "MNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)
-    images, labels = digit_patterns(n_per_class, seed)
+    images, labels = digit_patterns(n_per_class, seed) if digits is None else digits
     for split in ("train", "t10k"):
         write_idx(raw / f"{split}-images-idx3-ubyte", images)
         write_idx(raw / f"{split}-labels-idx1-ubyte", labels)

@@ -10,9 +10,11 @@ Run (MNIST is downloaded into --data when it is not there):
     python dcgan_mnist.py --resume --epochs 40              # continue the run in --out
     python dcgan_mnist.py --generate 1000                   # write images from --out/checkpoint.pt
 
-Run folder (--out, default runs/dcgan_mnist): real.png (real digits), samples/epoch_NNNN.png (the same fixed
-noise every epoch), progress.gif (those grids animated), log.csv (losses, D(x), D(G(z)) per step),
-checkpoint.pt (everything needed to continue bit-for-bit), generated/ and generated_grid.png (--generate).
+Run folder (--out, default runs/dcgan_mnist): real.png (real digits), samples/epoch_NNNN.png (the same fixed noise every
+epoch), progress.gif (those grids animated), log.csv (losses, D(x), D(G(z)) per step), diversity.csv (how
+different those samples are, per epoch), checkpoint.pt (everything needed to continue bit-for-bit) and
+checkpoints/epoch_NNNN.pt (the last 3 epochs', to roll back to), generated/ and generated_grid.png (--generate).
+It warns in one line when D wins outright or the samples collapse: see "When training goes wrong" in the README.
 
 Implementation details, each tied to a paper:
  1. The game of Goodfellow et al. (eq. 1, Algorithm 1 with k = 1) with the non-saturating G loss (section 3).
@@ -32,6 +34,7 @@ import csv
 import io
 import os
 import re
+import shutil
 import signal
 import sys
 import time
@@ -393,17 +396,41 @@ def load_checkpoint(path, args, device):
 
 
 def open_run_folder(out, args, device):
-    """The checkpoint to resume (--resume) or None; a new run must not overwrite an old one."""
+    """The checkpoint to resume or None; a new run must not overwrite an old one. --resume alone continues
+    from checkpoint.pt; --resume PATH from another checkpoint of the run, such as checkpoints/epoch_0007.pt to
+    roll back to before a collapse (the run in --out then goes on from there: its log is cut back to that step)."""
     if out.exists() and not out.is_dir():
         fail(f"--out {out} is a file, not a folder")
     if not args.resume and (out / "checkpoint.pt").exists():
         fail(f"--out {out} already holds a run (checkpoint.pt): continue it with --resume, or pick another --out")
-    ckpt = load_checkpoint(out / "checkpoint.pt", args, device) if args.resume else None
+    path = out / "checkpoint.pt" if args.resume is True else Path(args.resume or "")
+    ckpt = load_checkpoint(path, args, device) if args.resume else None
     if ckpt and "seen" not in ckpt:
-        fail(f"{out / 'checkpoint.pt'} comes from an older {SCRIPT}.py that did not save its place in the data; "
+        fail(f"{path} comes from an older {SCRIPT}.py that did not save its place in the data; "
              "--generate still reads it, training goes on only in a new --out")
     (out / "samples").mkdir(parents=True, exist_ok=True)
     return ckpt
+
+
+D_WINS_STEPS = 300      # warn when D(G(z)) has averaged below D_WINS_BELOW over this many steps,
+D_WINS_BELOW = 0.05     # which makes G's gradient vanish (see "When training goes wrong" in the README)
+COLLAPSE = 1 / 3        # warn when the samples' diversity falls below this fraction of the run's best
+KEEP_EPOCHS = 3         # epoch checkpoints kept in checkpoints/ beside checkpoint.pt
+README = "see \"When training goes wrong\" in the README of this script's repository"
+
+
+def reopen_csv(path, columns, step):
+    """Open a CSV log of the run folder for appending: its header and the rows of steps up to `step` (a new run:
+    0), so that rows written after the checkpoint by a run killed before its next one are dropped."""
+    rows = []
+    if step and path.exists():
+        with open(path, newline="") as f:
+            rows = [row for row in list(csv.reader(f))[1:] if row and int(row[0]) <= step]
+    with open(path.with_name(path.name + ".tmp"), "w", newline="") as f:
+        csv.writer(f).writerows([columns] + rows)
+    os.replace(path.with_name(path.name + ".tmp"), path)
+    file = open(path, "a", newline="")
+    return file, csv.writer(file), rows
 
 
 class RunLog:
@@ -411,7 +438,8 @@ class RunLog:
     every --log-every seconds. The stats stay on the device until then and are fetched with one .tolist():
     one host sync per line, not per step. Only process 0 (lead) writes. On resume, the rows after the
     checkpoint's step (logged by a run killed between two checkpoints) are dropped, so the log holds each
-    step once and agrees with the checkpoint."""
+    step once and agrees with the checkpoint. It also watches for the two failures a user should hear of at
+    once: D winning outright, and the samples collapsing (diversity.csv, one row per save)."""
 
     COLUMNS = ["step", "epoch", "time", "loss_d", "loss_g", "d_real", "d_fake"]
 
@@ -422,18 +450,12 @@ class RunLog:
         self.step = self.first_step = pos.step
         self.t_first = self.t_line = time.perf_counter()
         self.images_per_step = args.batch_size * pos.world
-        if not lead:
-            return
-        path = out / "log.csv"
-        rows = [self.COLUMNS]
-        if pos.step and path.exists():
-            with open(path, newline="") as f:
-                rows += [row for row in list(csv.reader(f))[1:] if row and int(row[0]) <= pos.step]
-        with open(path.with_name("log.csv.tmp"), "w", newline="") as f:
-            csv.writer(f).writerows(rows)
-        os.replace(path.with_name("log.csv.tmp"), path)
-        self.file = open(path, "a", newline="")
-        self.csv = csv.writer(self.file)
+        self.recent, self.d_wins_told, self.collapse_told = [], False, False
+        if lead:
+            self.file, self.csv, _ = reopen_csv(out / "log.csv", self.COLUMNS, pos.step)
+            self.diversity_file, self.diversity_csv, rows = reopen_csv(
+                out / "diversity.csv", ["step", "epoch", "diversity"], pos.step)
+            self.best_diversity = max((float(row[2]) for row in rows), default=0.0)
 
     def record(self, stats, pos):
         """Keep one step's (4,) stats; write them out when --log-every seconds have passed."""
@@ -458,6 +480,34 @@ class RunLog:
               f" | D(x) {d_real:.2f} D(G(z)) {d_fake:.2f} | {rate * self.images_per_step:.0f} img/s | "
               f"{(self.last_step - step) / rate / 60:.1f} min left", flush=True)
         self.pending, self.t_line = [], time.perf_counter()
+        self.watch_d(values, step)
+
+    def watch_d(self, values, step):
+        """One line when D wins outright: D(G(z)) averaged below D_WINS_BELOW over the last D_WINS_STEPS steps.
+        D then tells every fake apart and G's loss is large while its gradient is small; said once, and again
+        only after D(G(z)) has recovered."""
+        self.recent = (self.recent + [row[3] for row in values])[-D_WINS_STEPS:]
+        d_fake = sum(self.recent) / len(self.recent)
+        winning = len(self.recent) == D_WINS_STEPS and d_fake < D_WINS_BELOW
+        if winning and not self.d_wins_told:
+            print(f"warning: D is winning outright: D(G(z)) averaged {d_fake:.3f} over the last {D_WINS_STEPS} "
+                  f"steps (to step {step}; G's loss {values[-1][1]:.2f}), so G learns little; {README}", flush=True)
+        self.d_wins_told = winning
+
+    def diversity(self, images, pos):
+        """diversity.csv: how different the fixed-noise samples are from one another at each save (the standard
+        deviation of each pixel across the samples, images in [0, 1], averaged over pixels; 0 when all are the
+        same). One line when it falls below COLLAPSE of the run's best, or below one grey level (1/255): the
+        samples have collapsed to a few images, or to one."""
+        value = images.float().std(dim=0).mean().item()
+        self.diversity_csv.writerow([pos.step, pos.epoch + (pos.seen > 0), f"{value:.5f}"])
+        self.diversity_file.flush()
+        collapsed = value < max(COLLAPSE * self.best_diversity, 1 / 255)
+        if collapsed and not self.collapse_told:
+            print(f"warning: the samples have collapsed: their diversity is {value:.4f} at step {pos.step}, "
+                  f"the run's best {self.best_diversity:.4f} (diversity.csv); {README}", flush=True)
+        self.collapse_told = collapsed
+        self.best_diversity = max(self.best_diversity, value)
 
     def seconds(self):
         """Seconds of training in this run, across resumes."""
@@ -469,6 +519,7 @@ class RunLog:
             return
         self.flush()
         self.file.close()
+        self.diversity_file.close()
         if summary:
             steps, seconds = self.step - self.first_step, time.perf_counter() - self.t_first
             print(f"trained {steps} steps in {seconds:.1f} s ({steps * self.images_per_step / seconds:.0f} "
@@ -502,19 +553,35 @@ def write_gif(out):
     frames[0].save(out / "progress.gif", save_all=True, append_images=frames[1:], duration=200, loop=0)
 
 
+def keep_epoch_checkpoint(out, epoch):
+    """A copy of checkpoint.pt as checkpoints/epoch_NNNN.pt at each epoch end, to roll back to with --resume
+    PATH after a collapse. The last KEEP_EPOCHS are kept; older ones, and any of later epochs (from before a
+    roll-back), are deleted."""
+    folder = out / "checkpoints"
+    folder.mkdir(exist_ok=True)
+    shutil.copyfile(out / "checkpoint.pt", folder / f"epoch_{epoch:04d}.pt")
+    for path in folder.glob("epoch_*.pt"):
+        if not epoch - KEEP_EPOCHS < int(path.stem[6:]) <= epoch:
+            path.unlink()
+
+
 def save_progress(out, args, models, pos, rng_state, fixed_z, log):
-    """At each epoch end, at --max-steps and on a stop: the fixed-noise grid, progress.gif and checkpoint.pt."""
+    """At each epoch end, at --max-steps and on a stop: the fixed-noise grid, its diversity, progress.gif and
+    checkpoint.pt (and at an epoch end a copy of it in checkpoints/)."""
     if not log.lead:
         return
     log.flush()
     G, D, opt_G, opt_D = models
     grid = (sample(G, fixed_z).float() + 1) / 2                 # (64, C, H, W) in [0, 1]
     save_image(grid, out / "samples" / f"epoch_{pos.epoch + (pos.seen > 0):04d}.png", nrow=8)
+    log.diversity(grid, pos)
     write_gif(out)
     save_checkpoint(out / "checkpoint.pt", {
         "script": SCRIPT, "args": vars(args), "G": G.state_dict(), "D": D.state_dict(),
         "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(), **pos.state(), "rng": rng_state,
         "fixed_z": fixed_z, "time": log.seconds()})
+    if pos.seen == 0:
+        keep_epoch_checkpoint(out, pos.epoch)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -565,7 +632,9 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="initial weights, noise and data order all come from it")
     p.add_argument("--out", default=f"runs/{SCRIPT}", help="run folder")
     p.add_argument("--max-steps", type=int, help="stop when the run's total step count reaches this")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
+                   help="continue the run in --out from its checkpoint.pt, or from CHECKPOINT (one of its "
+                        "checkpoints/epoch_NNNN.pt, to roll back)")
     p.add_argument("--generate", type=int, metavar="N", help="write N images from --out/checkpoint.pt, no training")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA and CPU)")
     p.add_argument("--log-every", type=float, default=5.0, help="seconds between progress lines")

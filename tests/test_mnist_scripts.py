@@ -1,7 +1,8 @@
 """Tests of the three MNIST scripts: vanilla_gan.py, lsgan.py, dcgan_mnist.py.
 
-Layer shapes are checked against the networks' published tables (the README shows them); training, resume, generation and every bad input
-run the scripts' real entry point (main, or the command line in a subprocess) on a tiny MNIST in IDX format.
+Layer shapes are checked against the networks' published tables (the README shows them); training, resume,
+generation and every bad input run the scripts' real entry point (main, or the command line in a subprocess) on a
+tiny MNIST in IDX format.
 """
 import contextlib
 import csv
@@ -16,8 +17,8 @@ import pytest
 import torch
 import torchvision
 
-from helpers import (error_of, layer_shapes, load_checkpoint, logged_steps, run_script, start_script, time_limit,
-                     wait_for_steps)
+from helpers import (error_of, layer_shapes, load_checkpoint, logged_steps, run_script, same_weights, start_script,
+                     time_limit, wait_for_steps)
 
 SCRIPTS = ["vanilla_gan", "lsgan", "dcgan_mnist"]
 B = 5  # batch size of the shape tests
@@ -177,6 +178,45 @@ def test_resume_with_another_batch_size_goes_on_from_the_same_sample(script, tin
     assert (ckpt["step"], ckpt["epoch"], ckpt["seen"]) == (21, 2, 0)
     assert logged_steps(out) == list(range(1, 22))
     assert sum(line.startswith("resuming with") for line in capsys.readouterr().out.splitlines()) == 1
+
+
+# ---- when training goes wrong: warnings, and epoch checkpoints to roll back to ---------------------------------
+# The code is the same in all five scripts (test_shared_code.py); vanilla_gan.py stands for them.
+
+@pytest.mark.parametrize("lr, warned", [(0.01, True), (0.0002, False)])
+def test_warnings_when_d_wins_and_the_samples_collapse_and_none_on_a_healthy_run(lr, warned, tiny_mnist, tmp_path,
+                                                                                capsys, monkeypatch):
+    """At lr 0.01 D wins at once and G's samples all become the same image; at the default 0.0002 the run is
+    healthy. D's window is cut from 300 steps to 40 so that 128 steps (8 epochs) show it: the healthy run faces
+    the same shorter, more sensitive window and must stay quiet."""
+    monkeypatch.setattr(importlib.import_module("vanilla_gan"), "D_WINS_STEPS", 40)
+    train("vanilla_gan", tiny_mnist, tmp_path / "run", "--max-steps", 128, "--lr", lr, "--log-every", 0.001)
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning: ")]
+    if warned:
+        assert [w.split(":")[1] for w in warnings] == [" the samples have collapsed", " D is winning outright"]
+        assert all(w.endswith('see "When training goes wrong" in the README of this script\'s repository')
+                   for w in warnings)
+    else:
+        assert warnings == []
+    with open(tmp_path / "run" / "diversity.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["step", "epoch", "diversity"] and [int(r[0]) for r in rows[1:]] == list(range(16, 129, 16))
+    assert (float(rows[-1][2]) < 1 / 255) == warned
+
+
+def test_the_last_epochs_checkpoints_are_kept_and_resume_rolls_back_to_one(tiny_mnist, tmp_path):
+    """5 epochs of 16 steps keep epochs 3-5; resuming from epoch 3 to step 64 gives the 64 steps straight bit for
+    bit, cuts log.csv and diversity.csv back to step 48 before going on, and drops the abandoned epoch 5."""
+    run, straight = tmp_path / "run", train("vanilla_gan", tiny_mnist, tmp_path / "straight", "--max-steps", 64)
+    train("vanilla_gan", tiny_mnist, run, "--max-steps", 80)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [f"epoch_000{e}.pt" for e in (3, 4, 5)]
+    epoch_3 = run / "checkpoints" / "epoch_0003.pt"
+    resumed = train("vanilla_gan", tiny_mnist, run, "--max-steps", 64, "--resume", epoch_3)
+    assert resumed["step"] == 64 and same_weights(straight, resumed)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch_0003.pt", "epoch_0004.pt"]
+    assert logged_steps(run) == list(range(1, 65))
+    assert (run / "diversity.csv").read_text().splitlines()[1:] == (
+        tmp_path / "straight" / "diversity.csv").read_text().splitlines()[1:]
 
 
 def test_log_after_a_hard_kill_holds_each_step_once(tiny_mnist, tmp_path):

@@ -147,31 +147,35 @@ HIDE_DECODERS = ("import runpy, sys, torchvision.io as io, torchvision.transform
 
 def test_trains_with_pil_when_torchvision_has_no_image_decoders(photo_folder, tmp_path):
     result = subprocess.run([sys.executable, "-c", HIDE_DECODERS, str(REPO / "dcgan64.py"), "--data", photo_folder,
-                             "--out", tmp_path / "run", *map(str, ("--batch-size", 4, "--max-steps", 4, "--workers", 0)), *SMALL],
+                             "--out", tmp_path / "run", *map(str, ("--batch-size", 4, "--max-steps", 4)), "--workers",
+                             "0", *SMALL],
                             cwd=REPO, env=ONE_THREAD, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "trained 4 steps" in result.stdout and "truncated.jpg" in result.stdout and "skipped 2" in result.stdout
 
 
-def peak_memory_mib(script, *args):
-    """Peak resident memory of one run of script, in MiB (through a fresh interpreter that reports its child's)."""
+def peak_memory_mib(*runs):
+    """Peak resident memory of each run (a script and its arguments), in MiB. The runs go side by side, each
+    through a fresh interpreter that reports its child's peak."""
     report = ("import resource, subprocess, sys\n"
               "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL)\n"
               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n")
-    done = subprocess.run([sys.executable, "-c", report, sys.executable, str(REPO / script), *map(str, args)],
-                          cwd=REPO, env=ONE_THREAD, capture_output=True, text=True, timeout=300, check=True)
-    return int(done.stdout) / 1024
+    procs = [subprocess.Popen([sys.executable, "-c", report, sys.executable, str(REPO / script), *map(str, args)],
+                              cwd=REPO, env=ONE_THREAD, stdout=subprocess.PIPE, text=True) for script, *args in runs]
+    peaks = [proc.communicate(timeout=300)[0] for proc in procs]
+    assert all(proc.returncode == 0 for proc in procs)
+    return [int(peak) / 1024 for peak in peaks]
 
 
 def test_cache_and_generate_hold_about_one_copy_of_their_images(many_photos, three_steps, tmp_path):
     """--cache at 256x256: 300 images are 300 * 3 * 256 * 256 bytes = 56 MiB, held once (no list of batches, no
     concatenated copy). --generate of 1,500 images holds a chunk at a time, not 1,500 float images (70 MiB)."""
-    train = ("--data", many_photos, "--batch-size", 2, "--max-steps", 1, "--workers", 0, *SMALL)
-    plain = peak_memory_mib("dcgan256.py", *train, "--out", tmp_path / "a")
-    cached = peak_memory_mib("dcgan256.py", *train, "--out", tmp_path / "b", "--cache")
+    train = ("dcgan256.py", "--data", many_photos, "--batch-size", 2, "--max-steps", 1, "--workers", 0, *SMALL)
+    plain, cached = peak_memory_mib((*train, "--out", tmp_path / "a"), (*train, "--out", tmp_path / "b", "--cache"))
     assert 40 < cached - plain < 56 * 1.5, (plain, cached)
-    shutil.copytree(three_steps, tmp_path / "c")
-    few = peak_memory_mib("dcgan64.py", "--out", tmp_path / "c", "--generate", 64, *SMALL)
-    many = peak_memory_mib("dcgan64.py", "--out", tmp_path / "c", "--generate", 1500, *SMALL)
+    for run in "cd":
+        shutil.copytree(three_steps, tmp_path / run)
+    few, many = peak_memory_mib(("dcgan64.py", "--out", tmp_path / "c", "--generate", 64, *SMALL),
+                                ("dcgan64.py", "--out", tmp_path / "d", "--generate", 1500, *SMALL))
     assert many - few < 30, (few, many)
-    assert len(list((tmp_path / "c" / "generated").iterdir())) == 1500
+    assert len(list((tmp_path / "d" / "generated").iterdir())) == 1500

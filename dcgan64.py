@@ -584,7 +584,10 @@ def wrap(G, D, args, world):
     if torch.device(args.device if args.device != "auto" else "cpu").type == "cuda":
         torch.backends.cudnn.benchmark = True                   # fixed shapes: let cuDNN pick its fastest kernels
     G_train = DistributedDataParallel(G) if world > 1 else G
-    D_train = DistributedDataParallel(D) if world > 1 else D
+    # D's running statistics are never used (D always normalises by the statistics of its batch), so they are
+    # not broadcast from process 0 before each forward pass. Broadcasting them before D's second forward pass
+    # of a step would also change in place a tensor the first one saved for backward (an error on torch 2.5).
+    D_train = DistributedDataParallel(D, broadcast_buffers=False) if world > 1 else D
     D_frozen = D                                                # G's step needs no D gradients: no DDP there
     if args.compile:
         return torch.compile(G_train), torch.compile(D_train), torch.compile(D_frozen)

@@ -7,6 +7,7 @@ import re
 
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 import dcgan256
@@ -51,6 +52,8 @@ def test_trains_resumes_and_generates(photo_folder, tmp_path, capsys):
     assert (out / "log.csv").read_text().count("\n") == 1 + 3
     for name in ("real.png", "progress.gif", "samples/epoch_0001.png"):
         assert (out / name).stat().st_size > 0, name
+    with Image.open(out / "progress.gif") as gif:             # shrunk from the 2058-pixel grids: see write_gif
+        assert gif.size == (600, 600)
     ckpt = load_checkpoint(out)
     assert (ckpt["script"], ckpt["step"], ckpt["batch_in_epoch"]) == ("dcgan256", 3, 3)
 

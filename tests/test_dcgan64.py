@@ -100,23 +100,24 @@ def test_generate_writes_images(trained, capsys):
     assert sorted(p.name for p in (out / "generated").iterdir()) == [f"00000{i}.png" for i in range(5)]
 
 
-def test_cache_grayscale(photo_folder, tmp_path):
-    result = run_script("dcgan64.py", "--data", photo_folder, "--out", tmp_path / "run", "--cache", "--channels", "1",
-                 "--workers", "0", "--max-steps", "2", *SMALL)
-    assert result.returncode == 0, result.stderr
-    assert f"cached {READABLE} images" in result.stdout and "truncated.jpg" in result.stdout
+def test_cache_grayscale(photo_folder, tmp_path, capsys):
+    dcgan64.main(["--data", str(photo_folder), "--out", str(tmp_path / "run"), "--cache", "--channels", "1",
+                  "--workers", "0", "--max-steps", "2", *SMALL])
+    output = capsys.readouterr().out
+    assert f"cached {READABLE} images" in output and "truncated.jpg" in output
     assert load_checkpoint(tmp_path / "run")["G"]["net.12.weight"].shape == (8, 1, 4, 4)
 
 
-def test_resume_mid_epoch_gives_the_same_weights(trained, photo_folder, tmp_path):
-    """3 steps (mid-epoch: 4 steps an epoch) + --resume to 8 == the 8 steps straight of `trained`, bit for bit
-    (and decoding in the training process, --workers 0, gives what DataLoader workers gave)."""
-    common = ("--data", photo_folder, "--out", tmp_path / "run", "--epochs", "2", "--workers", "0", *SMALL)
-    assert run_script("dcgan64.py", *common, "--max-steps", "3").returncode == 0
+def test_resume_mid_epoch_gives_the_same_weights(trained, photo_folder, tmp_path, capsys):
+    """3 steps (mid-epoch: 4 steps an epoch) + --resume to 8 == the 8 steps straight of `trained` on the command
+    line, bit for bit (and decoding in the training process, --workers 0, gives what DataLoader workers gave).
+    In-process through main(): the command line itself is what `trained` runs."""
+    common = ["--data", str(photo_folder), "--out", str(tmp_path / "run"), "--epochs", "2", "--workers", "0", *SMALL]
+    dcgan64.main([*common, "--max-steps", "3"])
     assert load_checkpoint(tmp_path / "run")["batch_in_epoch"] == 3
-    result = run_script("dcgan64.py", *common, "--resume")
-    assert result.returncode == 0, result.stderr
-    assert "trained 5 steps" in result.stdout
+    capsys.readouterr()
+    dcgan64.main([*common, "--resume"])
+    assert "trained 5 steps" in capsys.readouterr().out
     a, b = load_checkpoint(trained[0]), load_checkpoint(tmp_path / "run")
     assert a["step"] == b["step"] == 8 and same_weights(a, b)
     assert (tmp_path / "run" / "log.csv").read_text().count("\n") == 1 + 8
@@ -176,9 +177,8 @@ def test_nan_losses_stop_the_run_and_keep_the_checkpoint(trained, photo_folder, 
     ckpt["D"] = {k: v.float().fill_(float("nan")) if v.is_floating_point() else v for k, v in ckpt["D"].items()}
     torch.save(ckpt, out / "checkpoint.pt")
     before = (out / "checkpoint.pt").read_bytes()
-    result = run_script("dcgan64.py", "--data", photo_folder, "--out", out, "--resume", "--epochs", "3", "--workers", "0",
-                 *SMALL)
-    assert result.returncode == 1                               # one line on stderr, no traceback:
+    message = error_of("dcgan64", "--data", photo_folder, "--out", out, "--resume", "--epochs", "3", "--workers", "0",
+                       *SMALL)
     assert re.fullmatch(r"dcgan64.py: error: losses became NaN or infinite by step \d+; the last good checkpoint"
-                        r" is kept in \S+\n", result.stderr), result.stderr
+                        r" is kept in \S+", message), message
     assert (out / "checkpoint.pt").read_bytes() == before

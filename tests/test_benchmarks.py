@@ -13,6 +13,7 @@ import torchvision
 
 from helpers import REPO, bar_digits  # first: it puts benchmarks/ on sys.path
 import baseline_dcgan64
+import decode
 import mnist_quality
 import results
 import speed
@@ -174,3 +175,16 @@ def test_baseline_comparison_runs_both_steps(capsys):
     out = capsys.readouterr().out
     assert "plain tutorial-style step:" in out and "dcgan64.py train_step:" in out
     assert "GFLOP per image" in out and "steps/s" in out
+
+
+def test_decode_quick_run_compares_every_variant_and_draft_mode_stays_close(tmp_path):
+    photos = synthetic.write_image_folder(tmp_path / "photos", n=3)  # 178x218, CelebA's size
+    decoders = decode.dcgan64.decode_image
+    rows = decode.main(["--data", str(photos), "--quick", "--results", str(tmp_path)])
+    assert decode.dcgan64.decode_image is decoders  # restored after each PIL-path call
+    table = (tmp_path / "decode.md").read_text()
+    assert all(f"| {size}x{size} | {variant} |" in table for size in (64, 256) for variant in decode.VARIANTS)
+    assert "at 64: 3 at 1/2; at 256: 3 at full size" in table and all(r["images_per_s"] > 0 for r in rows)
+    draft = {r["size"]: r for r in rows if r["variant"] == "(c) PIL + draft"}
+    assert 0 < draft[64]["mean_diff"] < 1.5 and draft[64]["max_diff"] <= 8  # half-scale decoding, a few levels off
+    assert draft[256]["max_diff"] == 0  # no reduction possible: the copy gives the PIL path's pixels exactly

@@ -62,7 +62,11 @@ def wait_for_steps(proc, run_folder, steps, timeout=120):
     deadline = time.monotonic() + timeout
     while not (Path(run_folder) / "log.csv").exists() or len(logged_steps(run_folder)) < steps:
         assert proc.poll() is None, f"the run ended early: {proc.communicate()[1]}"
-        assert time.monotonic() < deadline, f"fewer than {steps} steps logged after {timeout} s"
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):   # no stray run (or torchrun's children) left behind
+                os.killpg(proc.pid, signal.SIGKILL)         # its own group, if it leads one
+            proc.kill()
+            raise AssertionError(f"fewer than {steps} steps logged after {timeout} s")
         time.sleep(0.02)
 
 

@@ -9,10 +9,11 @@ gradients computed (and thrown away) during G's step, default Adam, `.item()` on
 G's step, fused Adam, no host sync per step. Both run on random images (decoding is not measured here; the
 data loader runs in worker processes). Prints images/s of each, measured after warm-up steps.
 
-It also prints what bounds such figures on this device: the fp32 rate of a large matrix product (GFLOP/s), and
-the floating-point operations of one training step of dcgan64.py and of vanilla_gan.py at the same batch,
-counted by torch.utils.flop_counter (forward and backward matrix products and convolutions), so that
-rate / operations is the ceiling on steps/s that no implementation of the same step passes.
+It also prints what bounds such figures on this device: the fp32 rates (GFLOP/s) of a large matrix product and
+of dcgan64.py's main convolution shape, and the floating-point operations of one training step of dcgan64.py
+and of vanilla_gan.py at the same batch, counted by torch.utils.flop_counter (forward and backward matrix
+products and convolutions), so that rate / operations is the ceiling on steps/s that no implementation of the
+same step passes (the faster rate for dcgan64.py, the matrix product's for the MLP).
 """
 import argparse
 import sys
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -64,13 +66,27 @@ def step_flops(step):
     return counter.get_total_flops()
 
 
-def matmul_gflops(device, n=2048, repeats=5):
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def matmul_gflops(device, dtype=torch.float32, n=2048, repeats=5):
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     a @ b
     t = time.perf_counter()
     for _ in range(repeats):
         (a @ b).sum().item()                                    # .item(): wait for the device
     return 2 * n ** 3 * repeats / (time.perf_counter() - t) / 1e9
+
+
+def conv_gflops(device, dtype=torch.float32, repeats=5):
+    """Rate of the convolution shape that dominates dcgan64.py's networks (4x4, stride 2, 128 -> 256 channels,
+    16x16 -> 8x8, batch 128, channels-last). Convolutions and matrix products come from different libraries
+    (oneDNN, and MKL or OpenBLAS); on some CPUs the convolution runs much faster than the matrix product (an
+    AMD EPYC with AVX-512: 394 against 178 GFLOP/s), so a convolutional network's ceiling is the faster one."""
+    x = torch.randn(128, 128, 16, 16, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(256, 128, 4, 4, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    F.conv2d(x, w, stride=2, padding=1)
+    t = time.perf_counter()
+    for _ in range(repeats):
+        F.conv2d(x, w, stride=2, padding=1).sum().item()        # .item(): wait for the device
+    return 2 * 128 * 8 * 8 * 256 * 128 * 4 * 4 * repeats / (time.perf_counter() - t) / 1e9
 
 
 def main(argv=None):
@@ -106,7 +122,8 @@ def main(argv=None):
     print(f"  plain tutorial-style step: {plain:.1f} images/s")
     print(f"  dcgan64.py train_step:     {ours:.1f} images/s ({ours / plain:.2f}x)")
 
-    peak = matmul_gflops(device)
+    matmul, conv = matmul_gflops(device), conv_gflops(device)
+    peak = max(matmul, conv)
     gan_flops = step_flops(lambda: dcgan64.train_step(G, D, D, opt_G, opt_D, x,
                                                       torch.randn(B, 100, 1, 1, device=device), amp))
     v_args = vanilla_gan.parse_args(["--device", args.device])
@@ -114,10 +131,11 @@ def main(argv=None):
     digits = torch.rand(B, 1, 28, 28, device=device) * 2 - 1
     v_flops = step_flops(lambda: vanilla_gan.train_step(vG, vD, vopt_G, vopt_D, digits,
                                                         torch.randn(B, v_args.z_dim, device=device), amp))
-    print(f"ceilings on this device: fp32 matrix product {peak:.0f} GFLOP/s (2048^3);")
+    print(f"ceilings on this device: fp32 matrix product {matmul:.0f} GFLOP/s (2048^3), convolution {conv:.0f};")
     print(f"  dcgan64.py step {gan_flops / B / 1e9:.2f} GFLOP per image -> "
-          f"at most {peak * 1e9 * B / gan_flops:.0f} images/s;")
-    print(f"  vanilla_gan.py step {v_flops / 1e9:.2f} GFLOP at batch {B} -> at most {peak * 1e9 / v_flops:.0f} steps/s")
+          f"at most {peak * 1e9 * B / gan_flops:.0f} images/s (the faster of the two);")
+    print(f"  vanilla_gan.py step {v_flops / 1e9:.2f} GFLOP at batch {B} -> at most {matmul * 1e9 / v_flops:.0f} "
+          f"steps/s (matrix products)")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ from helpers import REPO, bar_digits  # first: it puts benchmarks/ on sys.path
 import baseline_dcgan64
 import decode
 import mnist_quality
+import notebook_choices
+import peer_dcgan64
 import results
 import speed
 import synthetic
@@ -188,3 +190,42 @@ def test_decode_quick_run_compares_every_variant_and_draft_mode_stays_close(tmp_
     draft = {r["size"]: r for r in rows if r["variant"] == "(c) PIL + draft"}
     assert 0 < draft[64]["mean_diff"] < 1.5 and draft[64]["max_diff"] <= 8  # half-scale decoding, a few levels off
     assert draft[256]["max_diff"] == 0  # no reduction possible: the copy gives the PIL path's pixels exactly
+
+
+# dcgan/main.py of pytorch/examples as the benchmark sees it: the arguments it is given and one line a step, in
+# main.py's own format, here 0.05 s apart (10 steps, 40 images of batch 4).
+FAKE_PEER = """import argparse, time
+p = argparse.ArgumentParser()
+for flag in ("--dataset", "--dataroot", "--batchSize", "--workers", "--niter", "--outf", "--manualSeed"):
+    p.add_argument(flag)
+opt = p.parse_args()
+assert (opt.dataset, opt.batchSize, opt.workers, opt.niter) == ("folder", "4", "2", "1")
+for i in range(10):
+    time.sleep(0.05)
+    print('[%d/%d][%d/%d] Loss_D: %.4f Loss_G: %.4f D(x): %.4f D(G(z)): %.4f / %.4f'
+          % (0, 1, i, 10, 1.0, 1.0, 0.5, 0.5, 0.5))
+"""
+
+
+def test_peer_benchmark_times_the_peers_steps_from_its_output(tmp_path):
+    (tmp_path / "examples" / "dcgan").mkdir(parents=True)
+    (tmp_path / "examples" / "dcgan" / "main.py").write_text(FAKE_PEER)
+    assert peer_dcgan64.link_photos(synthetic.write_image_folder(tmp_path / "photos", n=3), tmp_path / "root", 40) == 3
+    assert len(list((tmp_path / "root" / "photos").iterdir())) == 40
+    args = peer_dcgan64.parse_args(["--examples", "x", "--images", "y", "--batch-size", "4", "--warmup", "2",
+                                    "--steps", "6"])
+    rate = peer_dcgan64.peer_rate(tmp_path / "examples" / "dcgan" / "main.py", tmp_path / "root", tmp_path, args)
+    assert rate == pytest.approx(4 / 0.05, rel=0.3)             # 6 steps of 4 images from the end of step 2 to 8
+    assert peer_dcgan64.variant_flags("fp32") == [] and peer_dcgan64.variant_flags("amp+cache") == ["--amp", "--cache"]
+
+
+def test_notebook_choices_are_xavier_uniform_layers_and_a_uniform_prior():
+    args = notebook_choices.dcgan_mnist.parse_args(["--device", "cpu"])
+    G, D, _, _ = notebook_choices.notebook_build(args, torch.device("cpu"))
+    for m in [*G.modules(), *D.modules()]:
+        if isinstance(m, (torch.nn.Linear, torch.nn.ConvTranspose2d)):  # Xavier's bound: sqrt(6 / (fan_in + fan_out))
+            fan_in, fan_out = torch.nn.init._calculate_fan_in_and_fan_out(m.weight)
+            bound = math.sqrt(6 / (fan_in + fan_out))
+            assert m.weight.abs().max() <= bound and m.weight.abs().max() > 0.9 * bound
+    z = notebook_choices.notebook_noise(1000, args, "cpu")
+    assert z.shape == (1000, args.z_dim) and z.min() >= -1 and z.max() <= 1 and z.min() < -0.99

@@ -18,6 +18,7 @@ torch.utils.flop_counter, as baseline_dcgan64.py does) at the rate of a large fp
 matrix product measured in the same run. Writes results/peer_dcgan64.md with the CPU named.
 """
 import argparse
+import collections
 import os
 import re
 import statistics
@@ -62,16 +63,16 @@ def peer_rate(main_py, root, out, args):
     cmd = [sys.executable, str(main_py), "--dataset", "folder", "--dataroot", str(root), "--batchSize",
            str(args.batch_size), "--workers", str(args.workers), "--niter", "1", "--outf", str(out),
            "--manualSeed", "1", *(["--accel"] if args.device == "cuda" else [])]
-    ends = {}
-    with subprocess.Popen(cmd, cwd=main_py.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    ends, tail = {}, collections.deque(maxlen=10)
+    with subprocess.Popen(cmd, cwd=main_py.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"}) as proc:
-        for line in proc.stdout:
+        for line in proc.stdout:                                # stderr too: one pipe cannot fill up unread
+            tail.append(line)
             if m := PEER_STEP.match(line):
                 ends[int(m[1]) + 1] = time.perf_counter()       # step i + 1 (1-based) has ended
-        stderr = proc.stderr.read()
     last = args.warmup + args.steps
     if proc.returncode != 0 or last not in ends:
-        raise common.ScriptFailed(f"{' '.join(cmd)} exited with {proc.returncode}:\n{stderr[-800:]}")
+        raise common.ScriptFailed(f"{' '.join(cmd)} exited with {proc.returncode}:\n{''.join(tail)}")
     return args.batch_size * args.steps / (ends[last] - ends[args.warmup])
 
 

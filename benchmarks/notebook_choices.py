@@ -31,6 +31,7 @@ import dcgan_mnist  # noqa: E402
 
 VARIANTS = {"ours": "PyTorch's default initialisation, z ~ N(0, I) (dcgan_mnist.py)",
             "notebook": "the notebook's Xavier-uniform layers, z ~ U[-1, 1]"}
+BUILD = dcgan_mnist.build                                       # the script's own, before the notebook's replaces it
 
 
 def notebook_build(args, device):
@@ -45,9 +46,6 @@ def notebook_build(args, device):
 def notebook_noise(n, args, device, rng=None):
     """The notebook's sample_noise: z ~ U[-1, 1]."""
     return torch.rand(n, args.z_dim, device=device, generator=rng) * 2 - 1
-
-
-BUILD = dcgan_mnist.build
 
 
 def child(variant, argv):

@@ -227,9 +227,13 @@ def test_bad_input_is_one_clear_line(trained, tmp_path, flags, expected):
 
 
 def test_a_checkpoint_naming_a_script_outside_the_repository_is_refused(tmp_path, capsys):
-    torch.save({"script": "../../etc/passwd"}, tmp_path / "checkpoint.pt")
+    torch.save({"script": "../../etc/passwd", "args": {}, "G": {}}, tmp_path / "checkpoint.pt")
     with pytest.raises(SystemExit) as stop:
         explore.main([str(tmp_path), "--sheet", "4"])
     assert stop.value.code == (f"explore.py: error: {tmp_path / 'checkpoint.pt'} names the script "
                                f"../../etc/passwd.py, which is not in {REPO}")
     assert capsys.readouterr().out == ""
+    torch.save({"script": "dcgan64"}, tmp_path / "checkpoint.pt")  # no args, no weights
+    with pytest.raises(SystemExit) as stop:
+        explore.main([str(tmp_path), "--sheet", "4"])
+    assert stop.value.code.endswith("it is damaged or not a checkpoint of the scripts (KeyError)")

@@ -63,13 +63,13 @@ class Run:
             fail(f"no checkpoint at {path} (give the run folder of one of the scripts, e.g. runs/dcgan_mnist)")
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)  # moved to the device by G
-            script = ckpt["script"]
+            script, args, weights = ckpt["script"], ckpt["args"], ckpt["G"]
         except Exception as e:
             fail(f"cannot read {path}: it is damaged or not a checkpoint of the scripts ({type(e).__name__})")
         if not (isinstance(script, str) and script.isidentifier() and (REPO / f"{script}.py").is_file()):
             fail(f"{path} names the script {script}.py, which is not in {REPO}")
         self.module = importlib.import_module(script)          # as benchmarks/ import them: `import dcgan64`
-        self.args = argparse.Namespace(**ckpt["args"])
+        self.args = argparse.Namespace(**args)
         self.device = self.module.pick_device(device)
         # The script's Generator, built with the flags of the run: Generator(z_dim, hidden, act) of the MLP
         # scripts gets --z-dim, --g-hidden, --g-act; Generator(z_dim, ngf, channels, act) of the photo scripts
@@ -77,7 +77,7 @@ class Run:
         params = inspect.signature(self.module.Generator).parameters.items()
         self.G = self.module.Generator(**{name: getattr(self.args, FLAG_OF.get(name, name), p.default)
                                           for name, p in params}).to(self.device)
-        self.G.load_state_dict(ckpt["G"])
+        self.G.load_state_dict(weights)
         self.z_dim, self.seed = self.args.z_dim, seed
         self.photos = hasattr(self.module, "find_images")   # dcgan64, dcgan256 (else MNIST, with load_mnist)
         self.z_shape = self.module.noise(1, self.args, torch.device("cpu")).shape[1:]  # (z_dim,) or (z_dim, 1, 1)

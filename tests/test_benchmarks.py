@@ -12,8 +12,12 @@ import torch
 import torchvision
 
 from helpers import REPO, bar_digits  # first: it puts benchmarks/ on sys.path
+import common
 import baseline_dcgan64
+import bf16_gradients
+import ceilings
 import decode
+import learning_dcgan64
 import mnist_quality
 import notebook_choices
 import peer_dcgan64
@@ -229,3 +233,90 @@ def test_notebook_choices_are_xavier_uniform_layers_and_a_uniform_prior():
             assert m.weight.abs().max() <= bound and m.weight.abs().max() > 0.9 * bound
     z = notebook_choices.notebook_noise(1000, args, "cpu")
     assert z.shape == (1000, args.z_dim) and z.min() >= -1 and z.max() <= 1 and z.min() < -0.99
+
+
+# dcgan/main.py of pytorch/examples run with --dataset mnist, as learning_dcgan64.py sees it: a line a step in
+# main.py's format (2 epochs of 3 steps, 0.05 s apart) and G's weights after each epoch under main.py's layer
+# names (main.K), here those of a dcgan64.py Generator made from the epoch's number as seed.
+FAKE_MNIST_PEER = """import argparse, sys, time, torch
+p = argparse.ArgumentParser()
+for flag in ("--dataset", "--dataroot", "--batchSize", "--workers", "--niter", "--outf", "--manualSeed"):
+    p.add_argument(flag)
+opt = p.parse_args()
+assert (opt.dataset, opt.batchSize, opt.niter) == ("mnist", "8", "2")
+sys.path.insert(0, {repo!r})
+import dcgan64
+for epoch in range(2):
+    for i in range(3):
+        time.sleep(0.05)
+        print('[%d/%d][%d/%d] Loss_D: 1.0 Loss_G: 1.0' % (epoch, 2, i, 3))
+    torch.manual_seed(epoch)
+    state = dcgan64.Generator(channels=1).state_dict()
+    torch.save({{k.replace("net.", "main.", 1): v for k, v in state.items()}}, f"{{opt.outf}}/netG_epoch_{{epoch}}.pth")
+"""
+
+
+def test_learning_benchmark_scores_the_peers_epochs_and_our_steps(patterns, yardstick, tmp_path):
+    main_py = tmp_path / "examples" / "dcgan" / "main.py"
+    main_py.parent.mkdir(parents=True)
+    main_py.write_text(FAKE_MNIST_PEER.format(repo=str(REPO)))
+    args = learning_dcgan64.parse_args(["--examples", "x", "--mnist", str(patterns), "--batch-size", "8", "--workers",
+                                        "0", "--epochs-at", "1", "2", "--generate", "16", "--results",
+                                        str(tmp_path / "results")])
+    root, pngs, n = learning_dcgan64.prepare_digits(patterns, tmp_path / "work", 8)
+    assert n == 256 and len(list(pngs.glob("*.png"))) == 256     # 260 digits cut to 32 whole batches of 8
+    assert len(mnist_quality.load_mnist(root, train=True)[0]) == 256
+
+    (tmp_path / "peer").mkdir()
+    ends = learning_dcgan64.train_peer(main_py, root, tmp_path / "peer", 1, args)
+    assert sorted(ends) == [1, 2, 3, 4, 5, 6] and ends[1] == 0  # 1-based steps across epochs, from step 1's end
+    assert ends[6] == pytest.approx(0.25, rel=0.5)
+    peer_g = learning_dcgan64.peer_generator(tmp_path / "peer", 2)  # after 2 epochs: netG_epoch_1.pth
+    torch.manual_seed(1)
+    assert all(torch.equal(a, b) for a, b in zip(peer_g.state_dict().values(),
+                                                  learning_dcgan64.dcgan64.Generator(channels=1).state_dict().values()))
+
+    (tmp_path / "ours").mkdir()
+    ours = list(learning_dcgan64.train_ours(pngs, tmp_path / "ours", 1, False, [1, 2], args))
+    assert [step for step, _, _ in ours] == [1, 2] and ours[0][2] == 0 and ours[1][2] > 0
+    assert not torch.equal(ours[0][1].net[0].weight, ours[1][1].net[0].weight)  # a step was trained in between
+
+    assert torch.equal(learning_dcgan64.draw(peer_g, 16, 8), learning_dcgan64.draw(peer_g, 16, 8))  # the same z
+    rows = [learning_dcgan64.score(yardstick, peer_g, "peer", 1, 6, ends[6], args),
+            *(learning_dcgan64.score(yardstick, g, "fp32", 1, step, wall, args) for step, g, wall in ours)]
+    assert (tmp_path / "results" / "learning_dcgan64" / "fp32_seed1_step2.png").is_file()
+    learning_dcgan64.write_markdown(tmp_path / "l.md", rows, args, common.machine_info(), "avx2", n, yardstick)
+    table = (tmp_path / "l.md").read_text()
+    assert "| pytorch/examples dcgan/main.py | 6 |" in table and "| dcgan64.py | 2 |" in table
+    learning_dcgan64.plot(tmp_path / "l.png", rows)
+    assert (tmp_path / "l.png").stat().st_size > 0
+
+
+def test_bf16_gradients_come_back_to_fp32_when_every_layer_is_kept_in_fp32(patterns, capsys):
+    torch.manual_seed(0)
+    G, D = bf16_gradients.dcgan64.Generator(channels=1), bf16_gradients.dcgan64.Discriminator(channels=1)
+    x, z = bf16_gradients.real_batches(patterns, 4, 1)[0], torch.randn(4, 100, 1, 1)
+    ref = bf16_gradients.gradients(G, D, x, z, amp=False)
+    layers = list(G.net)
+    with bf16_gradients.in_fp32((G, D), bf16_gradients.everything):
+        assert all(isinstance(m, bf16_gradients.InFP32) for m in [*G.net, *D.net])
+        wrapped = bf16_gradients.gradients(G, D, x, z, amp=True)
+    assert list(G.net) == layers                                # the layers are given back
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(ref, wrapped))
+    bf16 = bf16_gradients.gradients(G, D, x, z, amp=True)
+    assert 1e-4 < bf16_gradients.compare(bf16[0], ref[0])[0] < 0.5  # bf16 moves D's gradient, a little
+    bf16_gradients.main(["--mnist", str(patterns), "--batch-size", "4"])
+    out = capsys.readouterr().out
+    assert all(f"| {name} |" in out for name in ["other batch", *bf16_gradients.VARIANTS])
+
+
+def test_ceilings_quick_run_measures_an_mlp_and_the_256_networks(tmp_path):
+    ceilings.main(["--quick", "--scripts", "lsgan", "dcgan256", "--batch-size", "2", "--batch-sizes-256", "1",
+                   "--results", str(tmp_path)])
+    table = (tmp_path / "ceilings.md").read_text()
+    for kind in ("fp32", "bf16"):
+        assert f"| `lsgan.py` | 2 | {kind} |" in table and f"| `dcgan256.py` | 1 | {kind} |" in table
+    rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| `")]
+    assert all(float(r[3]) > 0 and 0 < float(r[6].split("% of ")[0]) <= 100 < float(r[6].split("% of ")[1])
+               for r in rows)                                   # images/s, "N% of <ceiling GFLOP/s>"
+    assert [r[8].endswith("x) |") for r in rows] == [False, False, True, True]  # plain step: photo networks only

@@ -75,18 +75,18 @@ def matmul_gflops(device, dtype=torch.float32, n=2048, repeats=5):
     return 2 * n ** 3 * repeats / (time.perf_counter() - t) / 1e9
 
 
-def conv_gflops(device, dtype=torch.float32, repeats=5):
+def conv_gflops(device, dtype=torch.float32, repeats=5, batch=128):
     """Rate of the convolution shape that dominates dcgan64.py's networks (4x4, stride 2, 128 -> 256 channels,
-    16x16 -> 8x8, batch 128, channels-last). Convolutions and matrix products come from different libraries
+    16x16 -> 8x8, batch 128 unless told, channels-last). Convolutions and matrix products come from different libraries
     (oneDNN, and MKL or OpenBLAS); on some CPUs the convolution runs much faster than the matrix product (an
     AMD EPYC with AVX-512: 394 against 178 GFLOP/s), so a convolutional network's ceiling is the faster one."""
-    x = torch.randn(128, 128, 16, 16, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(batch, 128, 16, 16, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
     w = torch.randn(256, 128, 4, 4, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
     F.conv2d(x, w, stride=2, padding=1)
     t = time.perf_counter()
     for _ in range(repeats):
         F.conv2d(x, w, stride=2, padding=1).sum().item()        # .item(): wait for the device
-    return 2 * 128 * 8 * 8 * 256 * 128 * 4 * 4 * repeats / (time.perf_counter() - t) / 1e9
+    return 2 * batch * 8 * 8 * 256 * 128 * 4 * 4 * repeats / (time.perf_counter() - t) / 1e9
 
 
 def main(argv=None):

@@ -53,7 +53,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=128, help="for all but dcgan256.py")
     p.add_argument("--batch-sizes-256", nargs="+", type=int, default=[8, 16, 32])
     p.add_argument("--no-amp", action="store_true", help="fp32 only (bf16 is slow on CPUs without bf16 instructions)")
-    p.add_argument("--quick", action="store_true", help="one warm-up and one measured step each (a smoke test)")
+    p.add_argument("--quick", action="store_true",
+                   help="one warm-up and one measured step each, small ceilings (a smoke test, fast on any CPU)")
     p.add_argument("--results", default=str(common.BENCH / "results"))
     return p.parse_args(argv)
 
@@ -125,8 +126,12 @@ def main(argv=None):
     print(common.machine_line(machine), f"\nCPU capabilities: {capabilities}", flush=True)
     precisions = ["fp32"] if args.no_amp else ["fp32", "bf16"]
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
-    rates = {kind: (baseline_dcgan64.matmul_gflops(device, dtypes[kind]), baseline_dcgan64.conv_gflops(device, dtypes[kind]))
-             for kind in precisions}
+    # --quick: a 256^3 product and a batch of 8, so that emulated bf16 (20-30x slower than fp32 on CPUs without
+    # bf16 instructions) still takes well under a second
+    small = {"n": 256, "repeats": 1}, {"batch": 8, "repeats": 1}
+    matmul_size, conv_size = small if args.quick else ({}, {})
+    rates = {kind: (baseline_dcgan64.matmul_gflops(device, dtypes[kind], **matmul_size),
+                    baseline_dcgan64.conv_gflops(device, dtypes[kind], **conv_size)) for kind in precisions}
     print("ceilings, GFLOP/s (matrix product, convolution):", rates, flush=True)
     rows = []
     for name in args.scripts:

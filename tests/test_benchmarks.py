@@ -153,8 +153,6 @@ def test_results_quick_run_writes_tables_and_plots(fake_scripts, tiny_mnist, tmp
     assert "| `lsgan.py` | 0.239 | 0.165 | 1.3000 | 0.8000 |" in losses
     for name in SCRIPTS[:4]:
         assert (out / f"samples_{name}.png").is_file() and (out / f"progress_{name}.gif").is_file()
-    if results.common.have_matplotlib():
-        assert (out / "quality_vs_time.png").stat().st_size > 0 and (out / "losses_vanilla_gan.png").is_file()
 
 
 def test_results_budget_defaults_to_the_scripts_epochs(fake_scripts):
@@ -288,8 +286,6 @@ def test_learning_benchmark_scores_the_peers_epochs_and_our_steps(patterns, yard
     learning_dcgan64.write_markdown(tmp_path / "l.md", rows, args, common.machine_info(), "avx2", n, yardstick)
     table = (tmp_path / "l.md").read_text()
     assert "| pytorch/examples dcgan/main.py | 6 |" in table and "| dcgan64.py | 2 |" in table
-    learning_dcgan64.plot(tmp_path / "l.png", rows)
-    assert (tmp_path / "l.png").stat().st_size > 0
 
 
 def test_bf16_gradients_come_back_to_fp32_when_every_layer_is_kept_in_fp32(patterns, capsys):
@@ -317,6 +313,8 @@ def test_ceilings_quick_run_measures_an_mlp_and_the_256_networks(tmp_path):
     for kind in ("fp32", "bf16"):
         assert f"| `lsgan.py` | 2 | {kind} |" in table and f"| `dcgan256.py` | 1 | {kind} |" in table
     rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| `")]
-    assert all(float(r[3]) > 0 and 0 <= float(r[6].split("% of ")[0]) <= 100 and float(r[6].split("% of ")[1]) > 0
-               for r in rows)                                   # images/s, "N% of <ceiling GFLOP/s>" (batch 2: ~0%)
+    # images/s, "N% of <ceiling GFLOP/s>": positive, but not bounded by 100% (the quick run's small ceilings can be
+    # slower than a step's larger products, and emulated bf16 has no meaningful ceiling)
+    assert all(float(r[3]) > 0 and float(r[6].split("% of ")[0]) >= 0 and float(r[6].split("% of ")[1]) > 0
+               for r in rows)
     assert [r[8].endswith("x) |") for r in rows] == [False, False, True, True]  # plain step: photo networks only

@@ -2,34 +2,25 @@
 
 Paper: Radford, Metz & Chintala 2015, "Unsupervised Representation Learning with Deep Convolutional Generative
 Adversarial Networks" (DCGAN), arXiv:1511.06434; the game itself: Goodfellow et al. 2014, arXiv:1406.2661.
-Networks: those of the PyTorch DCGAN faces tutorial (--ngf 64 --ndf 64, the default) and the DCGAN paper's own
-wider ones of its figure 1 (--ngf 128 --ndf 128). Both tables are in the README.
+Networks: the PyTorch DCGAN faces tutorial's (--ngf 64 --ndf 64, the default) and the paper's wider ones of its
+figure 1 (--ngf 128 --ndf 128). Both tables are in the README.
 
-Run on one device (--data: any folder of images, searched recursively; CelebA as ./celeba or its img_align_celeba):
-    python dcgan64.py --data ./celeba --device cuda                    # the tutorial's networks (512 -> ... -> 64)
-    python dcgan64.py --data ./celeba --ngf 128 --ndf 128 --out runs/dcgan64_wide   # the paper's (1024 -> ... -> 128)
-    python dcgan64.py --data ./celeba --amp --compile --cache         # bf16, torch.compile, decoded images in RAM
-    python dcgan64.py --data ./celeba --resume --epochs 20             # continue the run in --out
-    python dcgan64.py --generate 1000                                  # write images from --out/checkpoint.pt
-On several GPUs of one machine (DistributedDataParallel; --batch-size is per process):
-    torchrun --standalone --nproc_per_node 4 dcgan64.py --data ./celeba
-On several machines (run on each of them, with its own --node_rank):
-    torchrun --nnodes 2 --nproc_per_node 8 --node_rank 0 --master_addr 10.0.0.1 --master_port 29500 \\
-        dcgan64.py --data /shared/celeba
-On CPU processes (gloo instead of NCCL; what the tests run): torchrun --nproc_per_node 2 dcgan64.py --device cpu ...
+    python dcgan64.py --data ./celeba --device cuda   # any folder of images; --amp --compile --cache: faster
+    python dcgan64.py --data ./celeba --resume --epochs 20     # continue the run in --out
+    python dcgan64.py --generate 1000                          # images from --out/checkpoint.pt
+    torchrun --standalone --nproc_per_node 4 dcgan64.py --data ./celeba      # 4 GPUs, --batch-size each
 
-Run folder (--out, default runs/dcgan64): real.png (real images), samples/epoch_NNNN.png (the same fixed noise every
-epoch), progress.gif (those grids animated), log.csv (losses, D(x), D(G(z)) per step), diversity.csv (how
-different those samples are, per epoch), checkpoint.pt (everything needed to continue bit-for-bit) and
-checkpoints/epoch_NNNN.pt (the last 3 epochs', to roll back to), generated/ and generated_grid.png (--generate).
-It warns in one line when D wins outright or the samples collapse: see "When training goes wrong" in the README.
+Run folder (--out): real.png, samples/epoch_NNNN.png (the same fixed noise at each epoch end), log.csv (losses,
+D(x), D(G(z)) a step), checkpoint.pt (a resume goes on bit for bit on CPU; on GPUs autotuning, TF32 and
+non-deterministic kernels make it the same run, not the same bits), checkpoints/epoch_NNNN.pt (the last 3
+epochs', to roll back to: --resume PATH), generated/ (--generate). tools/report.py plots and checks a run.
 
 Implementation details, each tied to the paper (section numbers of arXiv:1511.06434 unless said otherwise):
  1. The minimax game V(D, G) = E_x[log D(x)] + E_z[log(1 - D(G(z)))] (Goodfellow eq. 1), one D step then one
     G step per minibatch (Goodfellow Algorithm 1, k = 1).
  2. G maximises log D(G(z)) instead of minimising log(1 - D(G(z))) (Goodfellow section 3, "non-saturating").
  3. D outputs a logit; sigmoid + binary cross-entropy are fused in BCEWithLogitsLoss: the same objective,
-    numerically stable, and safe under bf16 autocast (a Sigmoid layer followed by BCELoss is neither).
+    numerically stable, and safe under autocast (a Sigmoid layer followed by BCELoss is neither).
  4. All-convolutional nets: strided convolutions in D, fractionally-strided (transposed) convolutions in G,
     no pooling and no fully connected hidden layers (section 3, guidelines 1 and 3).
  5. BatchNorm in G and D, except G's output layer and D's input layer (section 3, guideline 2).
@@ -44,12 +35,11 @@ Implementation details, each tied to the paper (section numbers of arXiv:1511.06
 10. Adam, lr 0.0002, beta1 0.5 ("0.9 resulted in training oscillation and instability", section 4); batch 128.
 """
 import argparse
+import copy
 import csv
-import hashlib
 import os
 import shutil
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -64,20 +54,19 @@ from torchvision.transforms.v2 import functional as TF
 from torchvision.utils import save_image
 
 try:  # torchvision's own decoders: fast, but deprecated since 0.29 in favour of TorchCodec; PIL when gone
-    from torchvision.io import ImageReadMode, decode_image, read_file
+    from torchvision.io import ImageReadMode, decode_image
 except ImportError:
     decode_image = None
 
 SCRIPT = Path(__file__).stem
 IMAGE_SIZE = 64                                                 # images are IMAGE_SIZE x IMAGE_SIZE
 NETWORK_FLAGS = ("z_dim", "ngf", "ndf", "channels", "g_act")    # must match between a checkpoint and the flags
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")  # the image files read
+D_WINS_STEPS, D_WINS_BELOW = 300, 0.05  # warn when D(G(z)) averaged below this over so many steps: G learns little
+KEEP_EPOCHS = 3                         # epoch checkpoints kept in checkpoints/
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Networks (figure 1 of the paper). B is the batch size, C = --channels. With --ngf 64 --ndf 64 (default)
-# they are the PyTorch tutorial's, with --ngf 128 --ndf 128 the paper's.
-# ----------------------------------------------------------------------------------------------------------
+# ---- Networks (figure 1 of the paper). B is the batch size, C = --channels ---------------------------------
 class Generator(nn.Module):
     """z (B, z_dim, 1, 1) -> image (B, C, 64, 64) in [-1, 1]. Shapes below for --ngf 64; 128 doubles widths.
 
@@ -150,33 +139,28 @@ def init_weights(module):
 
 
 def noise(n, args, device, rng=None):
-    """n samples of z ~ N(0, I), the prior p_z of the paper, as 1x1 images: (n, z_dim, 1, 1)."""
-    return torch.randn(n, args.z_dim, 1, 1, device=device, generator=rng)
+    """n samples of z ~ N(0, I), the prior p_z, as 1x1 images (n, z_dim, 1, 1) on device. Drawn on the CPU: a seed
+    means the same z on every device, and a run's noise stream moves with its checkpoint between devices."""
+    pin = torch.device(device).type == "cuda"
+    return torch.randn(n, args.z_dim, 1, 1, generator=rng, pin_memory=pin).to(device, non_blocking=pin)
 
 
 def build(args, device):
-    """G and D in channels-last memory (the layout CPU and GPU convolution kernels are fastest in), Adam."""
-    G = Generator(args.z_dim, args.ngf, args.channels, args.g_act)
-    D = Discriminator(args.ndf, args.channels)
-    G.apply(init_weights)
-    D.apply(init_weights)
-    G = G.to(device, memory_format=torch.channels_last)
-    D = D.to(device, memory_format=torch.channels_last)
-    fast = {"fused": True} if device.type in ("cuda", "cpu") else {}  # one kernel for all parameters
-    opt_G = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.beta1, 0.999), **fast)
-    opt_D = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.beta1, 0.999), **fast)
-    return G, D, opt_G, opt_D
+    """G and D (channels-last on CPU and CUDA, see memory_format), and Adam with beta1 = 0.5 (detail 10), fused:
+    one kernel for all parameters (CPU, CUDA and MPS since torch 2.4)."""
+    G, D = Generator(args.z_dim, args.ngf, args.channels, args.g_act), Discriminator(args.ndf, args.channels)
+    G, D = (net.apply(init_weights).to(device, memory_format=memory_format(device)) for net in (G, D))
+    return G, D, *(torch.optim.Adam(net.parameters(), args.lr, betas=(0.5, 0.999), fused=True) for net in (G, D))
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Losses and one iteration of Algorithm 1 (Goodfellow et al., with the DCGAN settings)
-# ----------------------------------------------------------------------------------------------------------
-def train_step(G, D, D_frozen, opt_G, opt_D, x, z, amp):
+# ---- Losses and one iteration of Algorithm 1 (Goodfellow et al., with the DCGAN settings) ------------------
+def train_step(G, D, D_frozen, opt_G, opt_D, x, z, amp, scaler):
     """One iteration of Algorithm 1 with k = 1: a D step, then a G step, on real x (B, C, 64, 64) and noise z.
 
-    G and D may be wrapped (DDP, torch.compile); D_frozen is D without DDP, for the G step, where D's weights
-    get no gradient (DDP would wait for D gradients that never come). Returns a (4,) tensor: loss of D, loss of
-    G, D(x) and D(G(z)) as mean probabilities (no host sync).
+    G and D may be wrapped (DDP, torch.compile); D_frozen is D without DDP, for the G step, where D's weights get
+    no gradient (DDP would wait for them). amp: the autocast context; scaler: a GradScaler, active for float16
+    only (it scales the losses so that small gradients do not underflow). Returns loss of D, loss of G, D(x)
+    and D(G(z)) as a (4,) tensor left on the device (no host sync).
     """
     ones = torch.ones(len(x), device=x.device)                  # (B,) target "real"
     zeros = torch.zeros(len(x), device=x.device)                # (B,) target "fake"
@@ -191,8 +175,8 @@ def train_step(G, D, D_frozen, opt_G, opt_D, x, z, amp):
         loss_d = (F.binary_cross_entropy_with_logits(real_logits, ones)
                   + F.binary_cross_entropy_with_logits(fake_logits, zeros))
     opt_D.zero_grad(set_to_none=True)
-    loss_d.backward()                                           # DDP: D's gradients averaged over processes
-    opt_D.step()                                                # Adam, detail 10
+    scaler.scale(loss_d).backward()                             # DDP: D's gradients averaged over processes
+    scaler.step(opt_D)                                          # Adam, detail 10
 
     # -- G step (Goodfellow section 3, non-saturating): maximise log D(G(z)), i.e. minimise BCE(D(G(z)), 1),
     # instead of minimising log(1 - D(G(z))). The fake batch is reused, through the updated D; D is frozen so
@@ -202,8 +186,9 @@ def train_step(G, D, D_frozen, opt_G, opt_D, x, z, amp):
         gen_logits = D_frozen(fake).float()                     # (B,)
         loss_g = F.binary_cross_entropy_with_logits(gen_logits, ones)
     opt_G.zero_grad(set_to_none=True)
-    loss_g.backward()                                           # DDP: G's gradients averaged over processes
-    opt_G.step()
+    scaler.scale(loss_g).backward()                             # DDP: G's gradients averaged over processes
+    scaler.step(opt_G)
+    scaler.update()                                             # one scale for both optimizers, once a step
     D_frozen.requires_grad_(True)
 
     d_x = torch.sigmoid(real_logits.detach()).mean()            # D(x), a probability
@@ -211,476 +196,287 @@ def train_step(G, D, D_frozen, opt_G, opt_D, x, z, amp):
     return torch.stack([loss_d.detach(), loss_g.detach(), d_x, d_g_z])
 
 
-# ----------------------------------------------------------------------------------------------------------
-# The training loop
-# ----------------------------------------------------------------------------------------------------------
+# ---- The training loop -----------------------------------------------------------------------------------
 def train(args):
-    rank, world, device = setup_distributed(args)
-    out = Path(args.out)
-    ckpt = open_run_folder(out, args, device)                   # None for a new run
-    check_amp(args, device)
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp)
-    data = Photos(args, rank, world)                            # uint8 batches, decoded by workers or cached
+    (rank, world, device), out = setup(args), Path(args.out)
+    ckpt = open_run(out, args, device, world)                   # None for a new run
+    dtype = amp_dtype(args, device, rank)                       # None: fp32
+    amp = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    data = Photos(args, rank, world, device)
     torch.manual_seed(args.seed)                                # initial weights, the same in every process
     G, D, opt_G, opt_D = build(args, device)
-    # Noise z for training: each process its own stream (seed + rank), or all would draw the same fakes.
-    rng = torch.Generator(device).manual_seed(args.seed + rank)
-    fixed_z = noise(64, args, "cpu", torch.Generator().manual_seed(args.seed)).to(device)  # grids, every epoch
-    pos = Position(data.n, args.batch_size, rank, world)
-    if ckpt:
-        restore(ckpt, args, (G, D, opt_G, opt_D), pos)
-        if len(ckpt["rng"]) == world:
-            rng.set_state(ckpt["rng"][rank].cpu())
-        else:                                                   # another number of processes: new streams
-            rng.manual_seed(args.seed + rank + world * ckpt["step"])
-        fixed_z = ckpt["fixed_z"]
-    last_step = pos.last_step(args.epochs, args.max_steps, out)
-    log = RunLog(out, args, pos, last_step, ckpt["time"] if ckpt else 0.0, device, lead=rank == 0)
-    if not ckpt and rank == 0:
-        save_image(data.first(64) / 255, out / "real.png", nrow=8)  # (64, C, 64, 64) in [0, 1]
+    rng = torch.Generator().manual_seed(args.seed + rank)      # z for training: a stream per process
+    fixed_z = noise(64, args, "cpu", torch.Generator().manual_seed(args.seed))  # the grids' z, every epoch
+    step = epoch = batch = 0                                    # where the run is: batch = steps into the epoch
+    if ckpt:                                                    # go on: weights, optimizers, loss scale, noise
+        for net, key in ((G, "G"), (D, "D"), (opt_G, "opt_G"), (opt_D, "opt_D")):
+            net.load_state_dict(ckpt[key])
+        scaler.load_state_dict(ckpt["scaler"] or scaler.state_dict())  # {}: saved without float16
+        rng.set_state(ckpt["rng"][rank].cpu())
+        step, epoch, batch, fixed_z = ckpt["step"], ckpt["epoch"], ckpt["batch"], ckpt["fixed_z"].cpu()
+    last = step + data.steps - batch + (args.epochs - epoch - 1) * data.steps if epoch < args.epochs else step
+    last = min(last, args.max_steps or last)
+    if last <= step:
+        fail(f"the run in {out} is already at step {step} (epoch {epoch}); raise --epochs or --max-steps")
+    log = RunLog(out / "log.csv", args, step, last, ckpt, world) if rank == 0 else None
+    if not ckpt and rank == 0:                                  # real.png: (64, C, 64, 64) in [0, 1]
+        save_image(torch.stack([data[i][0] for i in range(min(64, len(data)))]) / 255, out / "real.png", nrow=8)
     G_train, D_train, D_frozen = wrap(G, D, args, world)
-
-    stop = False
-    with StopSignals() as signals:
-        while pos.step < last_step and not stop:
-            for images, skipped in data.epoch(pos.batches(args.seed)):  # the rest of this epoch
-                data.name_skipped(skipped)
+    stopping = False
+    with Stopper() as stopper:
+        while step < last and not stopping:
+            for images in data.epoch(epoch, batch):             # (B, C, 64, 64) uint8, the rest of this epoch
                 x = to_model_range(images, device)              # (B, C, 64, 64) real images in [-1, 1]
                 z = noise(len(x), args, device, rng)            # (B, 100, 1, 1) ~ N(0, I)
-                stats = train_step(G_train, D_train, D_frozen, opt_G, opt_D, x, z, amp)  # (4,), on the device
-                pos.advance()
-                log.record(stats, pos)
-                stop = should_stop(signals, log, pos.step, world, device)
-                if stop or pos.step == last_step:
+                stats = train_step(G_train, D_train, D_frozen, opt_G, opt_D, x, z, amp, scaler)  # (4,)
+                step, batch = step + 1, batch + 1
+                if log:
+                    log.record(step, epoch + 1, stats)
+                stopping = stopper.check(stats, step, world, out)  # the same answer in every process
+                if stopping or step == last:
                     break
-            stop = should_stop(signals, log, pos.step, world, device, now=True)  # the same in every process
-            save_progress(out, args, (G, D, opt_G, opt_D), pos, rng_states(rng, world), fixed_z, log)
-    log.close()
-    data.summary()
+            if batch >= data.steps:
+                epoch, batch = epoch + 1, 0
+            stopper.read(*stopper.pending)                      # never save weights from NaN losses
+            save(out, args, (G, D, opt_G, opt_D, scaler), (step, epoch, batch), rng, fixed_z, log, world)
+    if log:
+        log.close()
     if world > 1:
-        fingerprint(G, world)
         dist.destroy_process_group()
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Plumbing: data, devices and processes, stopping, checkpoints, the run folder and its log
-# ----------------------------------------------------------------------------------------------------------
-def find_images(root):
-    """Sorted paths of the image files below root (any depth: CelebA's layout, flat folders, class folders)."""
-    root = Path(root)
-    if not root.exists():
-        fail(f"--data {root} does not exist")
-    if not root.is_dir():
-        fail(f"--data {root} is not a folder (give the folder that holds the images)")
-    if not os.access(root, os.R_OK | os.X_OK):
-        fail(f"--data {root}: permission denied")
-    denied = []
-    paths = sorted(os.path.join(folder, name)
-                   for folder, _, names in os.walk(root, onerror=denied.append, followlinks=True)
-                   for name in names if name.lower().endswith(IMAGE_SUFFIXES))
-    if not paths:
-        why = f" (cannot read {denied[0].filename}: permission denied)" if denied else ""
-        fail(f"no images in {root}{why}; looked for {', '.join(IMAGE_SUFFIXES)} files in it and below it")
-    return paths
-
-
-# EXIF orientation (phone photos) -> the PIL transpose that undoes it: flips, rotations by 180, 270, 90 degrees.
-EXIF_TRANSPOSE = {2: 0, 3: 3, 4: 1, 5: 5, 6: 4, 7: 6, 8: 2}
+# ---- Plumbing: data, devices and processes, stopping, checkpoints and the log, the command line ------------
+EXIF_TRANSPOSE = {2: 0, 3: 3, 4: 1, 5: 5, 6: 4, 7: 6, 8: 2}     # EXIF orientation -> the PIL transpose undoing it
 
 
 def load_image(path, channels):
-    """One image file -> uint8 tensor (channels, IMAGE_SIZE, IMAGE_SIZE), upright as its EXIF orientation says.
-    Raises on an unreadable or truncated file.
-
-    torchvision's own decoders (JPEG incl. CMYK, PNG incl. 16-bit, WebP, GIF) are faster than PIL; BMP and
-    TIFF, which they do not read, go through PIL, and so does everything once torchvision's decoders are gone.
-    """
+    """An image file -> uint8 (channels, S, S), S = IMAGE_SIZE, upright as its EXIF says; raises if unreadable.
+    torchvision decodes JPEG, PNG, WebP and GIF faster than PIL; PIL does the rest, or all without torchvision's."""
     try:
         if decode_image is None:
             raise RuntimeError("torchvision has no image decoders")
-        image = decode_image(read_file(path), mode=ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY,
-                             apply_exif_orientation=True)
-    except RuntimeError:                                        # not a format decode_image knows, or no decoders
+        image = decode_image(path, ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY, True)  # EXIF too
+    except RuntimeError:
         pil = torchvision.datasets.folder.pil_loader(path)      # PIL image, converted to RGB
-        exif = pil.getexif().get(0x0112, 1)                     # EXIF tag 274: orientation, 1 = upright
-        pil = pil.transpose(EXIF_TRANSPOSE[exif]) if exif in EXIF_TRANSPOSE else pil
+        orientation = pil.getexif().get(0x0112, 1)              # EXIF tag 274, 1 = upright
+        pil = pil.transpose(EXIF_TRANSPOSE[orientation]) if orientation in EXIF_TRANSPOSE else pil
         image = TF.pil_to_tensor(pil if channels == 3 else pil.convert("L"))
-    if image.dim() == 4:                                        # an animated GIF: its first frame
-        image = image[0]
-    if image.dtype == torch.uint16:                             # 16-bit PNG: keep the high byte
-        image = (image.to(torch.int32) >> 8).to(torch.uint8)
-    image = image[:3]                                           # an alpha channel, if a decoder kept one
-    if image.shape[0] != channels:                              # WebP and GIF ignore the grayscale mode
-        image = TF.rgb_to_grayscale(image) if channels == 1 else image.expand(3, -1, -1)
-    image = TF.resize(image, [IMAGE_SIZE], antialias=True)     # shorter side -> IMAGE_SIZE (detail 8)
-    return TF.center_crop(image, [IMAGE_SIZE, IMAGE_SIZE]).contiguous()  # (channels, IMAGE_SIZE, IMAGE_SIZE)
+    image = image[0] if image.dim() == 4 else image             # an animated GIF: its first frame
+    image = (image.to(torch.int32) >> 8).to(torch.uint8) if image.dtype == torch.uint16 else image  # 16-bit PNG
+    image = image[:3] if channels == 3 else TF.rgb_to_grayscale(image[:3]) if len(image) > 2 else image[:1]
+    image = TF.resize(image.expand(channels, -1, -1), [IMAGE_SIZE], antialias=True)  # shorter side -> S (detail 8)
+    return TF.center_crop(image, [IMAGE_SIZE, IMAGE_SIZE]).contiguous()  # (channels, S, S)
 
 
-def why_unreadable(path, channels):
-    """The error that load_image raises on path, as a short text (for the log)."""
-    try:
-        load_image(path, channels)
-    except Exception as e:
-        if "cannot identify image file" in str(e):             # PIL's words for "not an image"
-            return "not an image file, or a format neither torchvision nor PIL reads"
-        return f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
-    return "read on a second try"
+def find_images(root):
+    """Sorted paths of the image files below --data, at any depth (CelebA's layout, flat or class folders)."""
+    if not Path(root).is_dir():
+        fail(f"--data {root} " + ("is not a folder of images" if Path(root).exists() else "does not exist"))
+    paths = sorted(str(p) for p in Path(root).rglob("*") if p.suffix.lower() in SUFFIXES)
+    return paths or fail(f"no images in {root}; looked for {', '.join(SUFFIXES)} files in it and below it")
 
 
-class ImageFiles(Dataset):
-    """Image i of the folder, with the index of the file skipped to get it (-1 when none was skipped).
+class Photos(Dataset):
+    """This process's share of the images below --data: under torchrun every world-th file from the rank-th, so a
+    process decodes, and caches, only its share. Item i: image i, uint8 (C, S, S), the index of the file skipped
+    to get it and why (-1, "" if none): an unreadable file must not end a long run, so the next one stands in."""
 
-    A file that cannot be decoded (truncated download, not really an image) must not end a long run: the
-    next readable file stands in for it, so every batch stays full, and the training loop names it in the log.
-    """
-
-    def __init__(self, paths, channels):
-        self.paths, self.channels = paths, channels
+    def __init__(self, args, rank, world, device):
+        self.paths, self.args, self.named, self.pin = find_images(args.data), args, set(), device.type == "cuda"
+        try:
+            self[0]
+        except RuntimeError as e:                               # not one file decodes
+            fail(f"no readable image in {args.data}: {e}")
+        self.paths = self.paths[rank::world]
+        self.cache, n = cache_images(self, device) if args.cache else None, torch.tensor(len(self), device=device)
+        if world > 1:
+            dist.all_reduce(n, op=dist.ReduceOp.MIN)            # every process takes as many steps
+        self.steps = int(n) // args.batch_size or fail(f"{args.data} holds {int(n)} images{' a process' * (world > 1)}"
+                                                        f", fewer than one batch of {args.batch_size}")
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, i):
-        for k in range(len(self.paths)):
+        why = ""
+        for k in range(len(self)):
             try:
-                return load_image(self.paths[(i + k) % len(self.paths)], self.channels), (i if k else -1)
-            except Exception:                                   # any decoding error: try the next file
-                pass
-        raise RuntimeError(f"no image below {os.path.dirname(self.paths[0])} can be read any more")
+                return load_image(self.paths[(i + k) % len(self)], self.args.channels), (i if k else -1), why
+            except Exception as e:                              # any decoding error: try the next file
+                why = why or f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+        raise RuntimeError(f"all {len(self)} image files failed to decode (e.g. {self.paths[i]}: {why})")
+
+    def epoch(self, epoch, start):
+        """uint8 batches (B, C, S, S) of an epoch from batch `start` on, in an order from (--seed, epoch) alone, as
+        a resume draws it again: from the cache, or decoded by the workers while the step runs."""
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(self.args.seed + epoch))
+        batches = order[:self.steps * self.args.batch_size].view(self.steps, -1)[start:]
+        if self.cache is not None:
+            yield from (self.cache[b.to(self.cache.device)] for b in batches)
+            return
+        for images, skipped, why in DataLoader(self, batch_sampler=batches.tolist(), num_workers=self.args.workers,
+                                               pin_memory=self.pin, worker_init_fn=ignore_signals):
+            self.name_skipped(skipped, why)
+            yield images
+
+    def name_skipped(self, skipped, why):
+        for i, reason in zip(skipped.tolist(), why):            # a CPU tensor: no device sync
+            if i >= 0 and i not in self.named:
+                self.named.add(i)
+                print(f"skipped unreadable image {self.paths[i]} ({reason}); {len(self.named)} so far")
 
 
-def leave_signals_to_the_trainer(worker_id):
-    """DataLoader workers ignore Ctrl-C and SIGTERM, also when sent to the whole process group: the training
-    process finishes its step, saves, and then stops them. (A worker killed first would end the run with an
-    error and no checkpoint.)"""
+def cache_images(photos, device):
+    """--cache: every image decoded once into one preallocated uint8 tensor (N, C, S, S), no second copy (a stand-in
+    fills an unreadable file's row); on the GPU if it fits twice: a fast GPU then never waits for the decoder."""
+    t, start = time.perf_counter(), 0
+    cache = torch.empty(len(photos), photos.args.channels, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)
+    for images, skipped, why in DataLoader(photos, 256, num_workers=photos.args.workers, worker_init_fn=ignore_signals):
+        cache[start:start + len(images)], start = images, start + len(images)
+        photos.name_skipped(skipped, why)
+    if device.type == "cuda" and 2 * cache.nbytes < torch.cuda.mem_get_info(device)[0]:
+        cache = cache.to(device)
+    print(f"cached {len(cache)} images ({cache.nbytes / 2**20:.0f} MiB, on {cache.device.type}) in "
+          f"{time.perf_counter() - t:.1f} s", flush=True)
+    return cache
+
+
+def ignore_signals(worker_id):
+    """DataLoader workers leave Ctrl-C and SIGTERM (also to the process group) to the trainer, which finishes its
+    step, saves, then stops them: a worker killed first would end the run unsaved."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-class BatchList:
-    """A batch sampler that yields the index batches it is given, one epoch's rest at a time."""
-    batches = []
-
-    def __iter__(self):
-        return iter(self.batches)
-
-    def __len__(self):
-        return len(self.batches)
-
-
-class Photos:
-    """The images below --data as uint8 batches (B, C, S, S), S = IMAGE_SIZE: decoded by DataLoader worker
-    processes while the step runs, or with --cache decoded once into RAM. Process 0 lists the files and every
-    process uses its list, so all agree on the number of images and of steps."""
-
-    def __init__(self, args, rank, world):
-        paths = [find_images(args.data) if rank == 0 else None]
-        if world > 1:
-            dist.broadcast_object_list(paths)
-        self.paths, self.lead, self.skipped = paths[0], rank == 0, set()
-        first_readable(self.paths, args.channels, args.data)
-        self.files = ImageFiles(self.paths, args.channels)
-        self.cache, self.valid = cache_images(self.files, args, world, self.lead) if args.cache else (None, None)
-        self.n = len(self.valid) if args.cache else len(self.files)
-        if self.n < args.batch_size * world:
-            fail(f"{args.data} holds {self.n} readable images, fewer than one batch of {args.batch_size}"
-                 + (f" for each of {world} processes" if world > 1 else "") + "; lower --batch-size")
-        self.sampler = BatchList()
-        self.loader = None if args.cache else DataLoader(
-            self.files, batch_sampler=self.sampler, num_workers=args.workers,
-            worker_init_fn=leave_signals_to_the_trainer,
-            pin_memory=torch.cuda.is_available(),               # page-locked batches: asynchronous copies
-            persistent_workers=args.workers > 0)                # workers live across epochs
-
-    def epoch(self, batches):
-        """(images, indices of skipped files or None) for each (B,) index batch of `batches`."""
-        if self.cache is not None:
-            return ((self.cache[self.valid[idx]], None) for idx in batches)
-        self.sampler.batches = batches.tolist()
-        return iter(self.loader)
-
-    def first(self, k):
-        """The first k images, (k, C, S, S) uint8, for real.png."""
-        if self.cache is not None:
-            return self.cache[self.valid[:k]]
-        return torch.stack([self.files[i][0] for i in range(min(k, self.n))])
-
-    def name_skipped(self, skipped):
-        """Name, once each, the files a worker could not decode (process 0 only; a CPU tensor, no device sync)."""
-        if skipped is None or not self.lead:
-            return
-        for i in skipped[skipped >= 0].tolist():
-            if i not in self.skipped:
-                self.skipped.add(i)
-                print(f"skipped unreadable image {self.paths[i]} "
-                      f"({why_unreadable(self.paths[i], self.files.channels)}); {len(self.skipped)} so far", flush=True)
-
-    def summary(self):
-        if self.skipped and self.lead:
-            print(f"skipped {len(self.skipped)} unreadable image(s)", flush=True)
-
-
-def first_readable(paths, channels, root):
-    """Fail early, with the reason, when not one file decodes; cheap when the first one does."""
-    for path in paths:
-        try:
-            return load_image(path, channels)
-        except Exception:
-            pass
-    fail(f"no readable image in {root}: all {len(paths)} image files failed to decode "
-         f"(e.g. {paths[0]}: {why_unreadable(paths[0], channels)})")
-
-
-def cache_images(files, args, world, lead):
-    """--cache: decode every image once, with the DataLoader workers, into one preallocated uint8 tensor
-    (N, C, S, S): about the size of the data, N * C * S * S bytes, and no second copy. Later epochs then cost
-    no decoding at all. Files that do not decode are left out: the indices of the others are returned, the
-    same in every process (a file any process failed to read is left out by all)."""
-    t = time.perf_counter()
-    cache = torch.empty(len(files), args.channels, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)
-    bad, start = set(), 0
-    for images, skipped in DataLoader(files, batch_size=256, num_workers=args.workers,
-                                      worker_init_fn=leave_signals_to_the_trainer):
-        cache[start:start + len(images)] = images
-        bad.update(skipped[skipped >= 0].tolist())
-        start += len(images)
-    if world > 1:
-        every = [None] * world
-        dist.all_gather_object(every, bad)
-        bad = set().union(*every)
-    valid = torch.tensor([i for i in range(len(files)) if i not in bad], dtype=torch.long)
-    if lead:
-        for i in sorted(bad):
-            print(f"skipped unreadable image {files.paths[i]} ({why_unreadable(files.paths[i], args.channels)})")
-        print(f"cached {len(valid)} images ({cache.nbytes / 2**20:.0f} MiB) in {time.perf_counter() - t:.1f} s",
-              flush=True)
-    return cache, valid
-
-
-def to_model_range(images_uint8, device):
-    """uint8 [0, 255] on the host -> float [-1, 1] channels-last on the device (detail 8)."""
-    x = images_uint8.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+def to_model_range(images, device):
+    """uint8 [0, 255] -> float [-1, 1] on the device (detail 8), copied asynchronously only from pinned memory."""
+    x = images.to(device, non_blocking=images.is_pinned()).contiguous(memory_format=memory_format(device))
     return x.float().div_(127.5).sub_(1.0)
 
 
-def epoch_batches(n, batch_size, seed, epoch, seen, rank=0, world=1):
-    """This process's batches of sample indices, (steps, batch_size), for the rest of an epoch `seen` samples in.
-
-    The epoch's order is a permutation drawn from (--seed, epoch) alone, as torch's DistributedSampler draws it,
-    so a resumed run recreates it. Step k of an epoch uses positions [k*B*world, (k+1)*B*world) of the order,
-    process r every world-th of them from r: a run resumed with another batch size or number of processes
-    goes on from the same sample, and no sample is used twice or skipped. The rest of the epoch, fewer
-    samples than one step takes, is left out.
-    """
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))[seen:]
-    steps = len(order) // (batch_size * world)
-    return order[rank:steps * batch_size * world:world].view(steps, batch_size)
+def memory_format(device):
+    """Channels-last, the layout convolutions are fastest in, on CPU and CUDA; not on MPS, where it has corrupted
+    BatchNorm gradients (pytorch issue 175189) and slowed the convolution backward about 30x."""
+    return torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
 
 
-class Position:
-    """Where a run is: optimizer steps taken, whole epochs done, and samples of the current epoch already used
-    (by all processes together). Saved in the checkpoint, so that a resumed run goes on from the same sample
-    whatever its batch size and number of processes."""
-
-    def __init__(self, n, batch_size, rank=0, world=1):
-        self.n, self.batch_size, self.rank, self.world = n, batch_size, rank, world
-        self.step, self.epoch, self.seen = 0, 0, 0
-
-    def steps_left_in_epoch(self):
-        return (self.n - self.seen) // (self.batch_size * self.world)
-
-    def batches(self, seed):
-        return epoch_batches(self.n, self.batch_size, seed, self.epoch, self.seen, self.rank, self.world)
-
-    def advance(self):
-        """One optimizer step done; the epoch ends when what is left of it is less than a step."""
-        self.step += 1
-        self.seen += self.batch_size * self.world
-        if self.steps_left_in_epoch() == 0:
-            self.epoch, self.seen = self.epoch + 1, 0
-
-    def last_step(self, epochs, max_steps, out):
-        """The step at which --epochs (the end of that epoch) or --max-steps (a total count) stops the run."""
-        last = self.step
-        if self.epoch < epochs:
-            last += self.steps_left_in_epoch() + (epochs - self.epoch - 1) * (self.n // (self.batch_size * self.world))
-        last = min(last, max_steps or last)
-        if last <= self.step:
-            fail(f"the run in {out} is already at step {self.step} (epoch {self.epoch}); "
-                 "raise --epochs or --max-steps to train further")
-        return last
-
-    def state(self):
-        return {"step": self.step, "epoch": self.epoch, "seen": self.seen, "world": self.world,
-                "batch_in_epoch": self.seen // (self.batch_size * self.world)}
-
-
-def restore(ckpt, args, models, pos):
-    """Continue from a checkpoint: weights, optimizer states, and the position in the data (said in one line
-    when the batch size or the number of processes changed)."""
-    G, D, opt_G, opt_D = models
-    G.load_state_dict(ckpt["G"])
-    D.load_state_dict(ckpt["D"])
-    opt_G.load_state_dict(ckpt["opt_G"])
-    opt_D.load_state_dict(ckpt["opt_D"])
-    for group in opt_G.param_groups + opt_D.param_groups:
-        group["lr"] = args.lr                                   # a resumed run may change the learning rate
-    pos.step, pos.epoch, pos.seen = ckpt["step"], ckpt["epoch"], ckpt["seen"]
-    before, now = (ckpt["world"], ckpt["args"]["batch_size"]), (pos.world, pos.batch_size)
-    if before != now and pos.rank == 0:
-        where = f"epoch {pos.epoch + 1} goes on from sample {pos.seen} of {pos.n}"
-        if pos.seen and pos.steps_left_in_epoch() == 0:
-            where = f"the {pos.n - pos.seen} samples left of epoch {pos.epoch + 1} are fewer than one step: it ends"
-        print(f"resuming with {now[0]} x {now[1]} samples a step instead of {before[0]} x {before[1]}: {where}")
-    if pos.seen and pos.steps_left_in_epoch() == 0:
-        pos.epoch, pos.seen = pos.epoch + 1, 0
-
-
-def pick_device(name):
+def setup(args):
+    """(rank, world size, device) from --device (auto: cuda, then mps, then cpu), or one line why not. Under
+    torchrun (WORLD_SIZE > 1) join the process group: NCCL between GPUs, one a process, gloo between CPUs."""
+    world, name = int(os.environ.get("WORLD_SIZE", "1")), args.device
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        fail(f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        fail(f"--device {name}: CUDA is not available on this machine (try --device cpu)")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        fail(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        fail(f"--device {name}: MPS is not available on this machine (try --device cpu)")
-    if device.type not in ("cpu", "cuda", "mps"):
-        fail(f"--device {name}: only cpu, cuda and mps are supported")
-    return device
-
-
-def setup_distributed(args):
-    """(rank, world size, device). Under torchrun (WORLD_SIZE > 1) join the process group: NCCL between
-    GPUs, one GPU per process picked by LOCAL_RANK; gloo between CPU processes. Otherwise one process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    device = pick_device(args.device)
-    if world == 1:
-        return 0, 1, device
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    kind, _, index = name.partition(":")
+    ok = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available() and world == 1}
+    if not ok.get(kind) or index and not (kind == "cuda" and index.isdigit() and int(index) < torch.cuda.device_count()):
+        fail(f"--device {name}: not available here (auto, cpu, cuda, cuda:N or mps; torchrun: cuda or cpu)")
+    device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if world > 1 and kind == "cuda" else torch.device(name)
     if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-        torch.cuda.set_device(device)
-    elif device.type != "cpu":
-        fail(f"--device {args.device}: torchrun runs need cuda or cpu")
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), world, device
+        torch.cuda.set_device(device)                           # first: with cuda:1 nothing lands on GPU 0
+    torch.backends.cudnn.benchmark = device.type == "cuda"      # fixed shapes: cuDNN picks its fastest kernels
+    if world > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return (dist.get_rank() if world > 1 else 0), world, device
 
 
 def wrap(G, D, args, world):
-    """The networks as train_step runs them: (G, D, D without DDP for the G step), compiled with --compile.
-
-    Several processes: DistributedDataParallel averages G's and D's gradients over them at every backward.
-    BatchNorm keeps per-process batch statistics (no SyncBatchNorm): each process normalises its own batch of
-    --batch-size images, exactly as the paper's single-GPU training normalised its batch of 128, and syncing
-    would add two all-reduces per BatchNorm layer per forward pass. (Running statistics, unused by the
-    samples, see sample(), are broadcast from process 0 at every forward pass and saved from it.)
-    """
-    if torch.device(args.device if args.device != "auto" else "cpu").type == "cuda":
-        torch.backends.cudnn.benchmark = True                   # fixed shapes: let cuDNN pick its fastest kernels
-    G_train = DistributedDataParallel(G) if world > 1 else G
-    # D's running statistics are never used (D always normalises by the statistics of its batch), so they are
-    # not broadcast from process 0 before each forward pass. Broadcasting them before D's second forward pass
-    # of a step would also change in place a tensor the first one saved for backward (an error on torch 2.5).
-    D_train = DistributedDataParallel(D, broadcast_buffers=False) if world > 1 else D
-    D_frozen = D                                                # G's step needs no D gradients: no DDP there
-    if args.compile:
-        return torch.compile(G_train), torch.compile(D_train), torch.compile(D_frozen)
-    return G_train, D_train, D_frozen
+    """(G, D, D without DDP for the G step), compiled with --compile. Under torchrun DDP averages the gradients and
+    BatchNorm keeps per-process statistics, as the paper's one GPU did. D's running statistics are never used:
+    not broadcasting them also spares DDP a change in place of a tensor D's first pass saved (an error in 2.5)."""
+    nets = DistributedDataParallel(G) if world > 1 else G, DistributedDataParallel(
+        D, broadcast_buffers=False) if world > 1 else D, D
+    return tuple(torch.compile(net, backend=args.compile) for net in nets) if args.compile else nets
 
 
-def check_amp(args, device):
-    """--amp (bfloat16 autocast) runs on CUDA and on CPUs; it is fast only on CPUs with bfloat16 instructions."""
-    if args.amp and device.type not in ("cpu", "cuda"):
-        fail(f"--amp needs a cpu or cuda device, not {device.type}")
-    capabilities = getattr(torch.cpu, "get_capabilities", dict)()  # missing in older torch: assume native
-    native = not capabilities or any(capabilities.get(k) for k in ("avx512_bf16", "amx_bf16"))
-    if args.amp and device.type == "cpu" and not native and int(os.environ.get("RANK", "0")) == 0:
-        print("note: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX): --amp will be slower than fp32",
-              file=sys.stderr)
+def amp_dtype(args, device, rank=0):
+    """--amp's autocast dtype (None without it), said in one line: bfloat16 where native, on CPUs (slower than fp32
+    without AVX512-BF16 or AMX) and NVIDIA GPUs from Ampere (compute capability 8) on; float16 with the gradient
+    scaler on older GPUs (T4, V100), whose bfloat16 is emulated, without cuDNN convolutions. Or forced."""
+    if args.amp and device.type == "mps":
+        fail("--amp needs a cpu or cuda device, not mps")
+    half = args.amp == "fp16" or args.amp == "auto" and device.type == "cuda" and (
+        torch.cuda.get_device_capability(device)[0] < 8)
+    caps = getattr(torch.cpu, "get_capabilities", dict)()
+    slow = device.type == "cpu" and caps and not (half or caps.get("avx512_bf16") or caps.get("amx_bf16"))
+    if args.amp and rank == 0:
+        print("--amp: " + ("float16 autocast with a gradient scaler" if half else "bfloat16 autocast")
+              + " (this CPU has no bfloat16 instructions: slower than fp32)" * bool(slow), flush=True)
+    return (torch.float16 if half else torch.bfloat16) if args.amp else None
 
 
-class StopSignals:
-    """Ctrl-C (SIGINT) and SIGTERM (sent by `kill`, schedulers and torchrun) ask the run to stop at the next step
-    boundary, save a checkpoint and exit with status 0. A repeat within a second is the same request arriving
-    twice (a signal to the whole process group reaches torchrun's children directly and again through
-    torchrun); a later one stops at once. The previous handlers come back on leaving the `with` block."""
+class Stopper:
+    """Ctrl-C and SIGTERM (kill, schedulers, torchrun) end the run at a step boundary: it saves and exits 0. NaN
+    or infinite losses end it in one line, the last good checkpoint kept. Every process stops at the same step:
+    each step's flag (2: a loss not finite, 1: stop asked) is all-reduced during the next step and read after it,
+    so nobody waits to decide. A repeat within a second is one request arriving twice (to the process group and
+    through torchrun); a later one stops at once."""
 
     def __enter__(self):
-        self.asked = None
+        self.asked, self.pending = None, None
         self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
         return self
 
     def handle(self, signum, frame):
-        if self.asked is None:
-            self.asked = time.monotonic()
-        elif time.monotonic() - self.asked > 1.0:
+        if self.asked and time.monotonic() - self.asked > 1.0:
             signal.signal(signum, signal.SIG_DFL)
             signal.raise_signal(signum)
+        self.asked = self.asked or time.monotonic()
 
-    def __bool__(self):
-        return self.asked is not None
+    def check(self, stats, step, world, out):
+        """After each step: whether to stop now, from the previous step's flag; this step's waits for the next."""
+        flag = (~stats.isfinite().all()) * 2.0 + bool(self.asked)
+        work = dist.all_reduce(flag, op=dist.ReduceOp.MAX, async_op=True) if world > 1 else None
+        previous, self.pending = self.pending, (flag, work, step, out)
+        return previous is not None and self.read(*previous)
+
+    def read(self, flag, work, step, out):
+        if work:
+            work.wait()
+        if flag.item() >= 2:
+            fail(f"losses became NaN or infinite at step {step}; the last good checkpoint is kept in {out}")
+        return flag.item() == 1
 
     def __exit__(self, *exc):
         for s, handler in self.previous.items():
             signal.signal(s, handler)
 
 
-CHECK_EVERY = 10  # steps between checks of the losses for NaN (one host sync) and, with torchrun, of stop signals
-
-
-def should_stop(signals, log, step, world, device, now=False):
-    """Whether to stop after this step, the same answer in every process: a stop signal came to any of them.
-    One process stops at once. Several agree every CHECK_EVERY steps and (now=True) before each save, with one
-    all-reduce of two numbers: the signal, and whether any process's losses became NaN or infinite, which ends
-    the run in every process at the same step, in one line, with the last good checkpoint kept."""
-    if world == 1 and not now and step % CHECK_EVERY:
-        return bool(signals)
-    if world > 1 and not now and step % CHECK_EVERY:
-        return False
-    flags = torch.stack([torch.tensor(float(bool(signals)), device=device), (~log.finite).float()])
+def save(out, args, models, where, rng, fixed_z, log, world):
+    """At each epoch end, at the last step and on a stop: checkpoint.pt first (torchrun kills 30 s after a stop),
+    atomically, for torch.load(weights_only=True); then the grid; at an epoch end a copy kept in checkpoints/."""
+    rngs = [rng.get_state()] * world
     if world > 1:
-        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-    asked, nonfinite = flags.tolist()
-    if nonfinite:
-        log.close(summary=False)
-        fail(f"losses became NaN or infinite by step {step}; the last good checkpoint is kept in {log.folder}")
-    return asked > 0
+        dist.all_gather_object(rngs, rng.get_state())           # every process's noise stream
+    if not log:
+        return
+    (G, D, opt_G, opt_D, scaler), (step, epoch, batch) = models, where
+    log.flush()
+    torch.save({"script": SCRIPT, "args": vars(args), "G": G.state_dict(), "D": D.state_dict(), "step": step,
+                "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(), "scaler": scaler.state_dict(),
+                "epoch": epoch, "batch": batch, "world": world, "rng": rngs, "fixed_z": fixed_z,
+                "time": time.perf_counter() - log.t0, "log_bytes": log.file.tell()}, out / "checkpoint.tmp")
+    os.replace(out / "checkpoint.tmp", out / "checkpoint.pt")   # a kill never leaves half a checkpoint
+    grid = (sample(G, fixed_z.to(next(G.parameters()).device)).float() + 1) / 2  # (64, C, S, S) in [0, 1]
+    save_image(grid, out / "samples" / f"epoch_{epoch + (batch > 0):04d}.png", nrow=8)
+    if batch == 0:
+        (out / "checkpoints").mkdir(exist_ok=True)
+        shutil.copyfile(out / "checkpoint.pt", out / "checkpoints" / f"epoch_{epoch:04d}.pt")
+        for path in (out / "checkpoints").glob("epoch_*.pt"):   # the last KEEP_EPOCHS, none after a roll-back
+            if not epoch - KEEP_EPOCHS < int(path.stem[6:]) <= epoch:
+                path.unlink()
 
 
-def rng_states(rng, world):
-    """Every process's noise stream, gathered for the checkpoint (process 0 saves it)."""
-    states = [rng.get_state()]
-    if world > 1:
-        states = [None] * world
-        dist.all_gather_object(states, rng.get_state())
-    return states
-
-
-def fingerprint(G, world):
-    """One fingerprint of G's weights per process, printed by process 0: DDP keeps them identical, and this
-    line lets anyone (and tests/) check it."""
-    weights = torch.cat([p.detach().flatten().cpu() for p in G.parameters()])
-    digests = [None] * world
-    dist.all_gather_object(digests, hashlib.sha256(bytes(weights.untyped_storage())).hexdigest()[:16])
-    if dist.get_rank() == 0:
-        print(f"G weights per process (sha256): {' '.join(digests)}", flush=True)
-
-
-def save_checkpoint(path, state):
-    """Plain tensors and values only, so torch.load(..., weights_only=True) reads it back."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+def sample(G, z):
+    """G(z) without gradients, by a copy of G in training mode: BatchNorm normalises by this batch of samples and
+    G's running statistics stay untouched. Not eval mode: the running statistics start at mean 0, variance 1 and
+    follow the training batches with momentum 0.1, so early on eval-mode samples come out nearly flat."""
+    with torch.no_grad():
+        return copy.deepcopy(G).train()(z)
 
 
 def load_checkpoint(path, args, device):
-    """A checkpoint of this script with the same network flags, or one clear line why not."""
+    """A checkpoint of this script with the same network flags, or one line why not."""
     if not path.is_file():
         fail(f"no checkpoint at {path} (train first, or point --out at a run folder)")
     try:
@@ -688,241 +484,97 @@ def load_checkpoint(path, args, device):
     except Exception as e:
         fail(f"cannot read checkpoint {path}: it is damaged or not a checkpoint ({type(e).__name__})")
     if not isinstance(ckpt, dict) or ckpt.get("script") != SCRIPT:
-        owner = ckpt.get("script") if isinstance(ckpt, dict) else None
-        fail(f"{path} was not written by {SCRIPT}.py" + (f" but by {owner}.py" if owner else ""))
+        fail(f"{path} was not written by {SCRIPT}.py" + (f" but by {ckpt['script']}.py" if "script" in ckpt else ""))
     for flag in NETWORK_FLAGS:
-        theirs, ours = ckpt["args"][flag], getattr(args, flag)
-        if theirs != ours:
-            as_text = " ".join(map(str, theirs)) if isinstance(theirs, list) else theirs  # [1024, 1024] -> 1024 1024
-            ours_text = " ".join(map(str, ours)) if isinstance(ours, list) else ours
-            fail(f"{path} was trained with --{flag.replace('_', '-')} {as_text}, not {ours_text}; "
-                 "pass the same network flags")
+        if ckpt["args"][flag] != getattr(args, flag):
+            fail(f"{path} was trained with --{flag.replace('_', '-')} {ckpt['args'][flag]}, not "
+                 f"{getattr(args, flag)}; pass the same network flags")
     return ckpt
 
 
-def open_run_folder(out, args, device):
-    """The checkpoint to resume or None; a new run must not overwrite an old one. --resume alone continues
-    from checkpoint.pt; --resume PATH from another checkpoint of the run, such as checkpoints/epoch_0007.pt to
-    roll back to before a collapse (the run in --out then goes on from there: its log is cut back to that step)."""
+def open_run(out, args, device, world):
+    """The checkpoint to resume (--resume: checkpoint.pt; --resume PATH: e.g. checkpoints/epoch_0007.pt to roll
+    back to), or None; a new run never overwrites one. Same batch size and processes, or one line."""
     if out.exists() and not out.is_dir():
         fail(f"--out {out} is a file, not a folder")
     if not args.resume and (out / "checkpoint.pt").exists():
         fail(f"--out {out} already holds a run (checkpoint.pt): continue it with --resume, or pick another --out")
+    (out / "samples").mkdir(parents=True, exist_ok=True)
     path = out / "checkpoint.pt" if args.resume is True else Path(args.resume or "")
     ckpt = load_checkpoint(path, args, device) if args.resume else None
-    if ckpt and "seen" not in ckpt:
-        fail(f"{path} comes from an older {SCRIPT}.py that did not save its place in the data; "
-             "--generate still reads it, training goes on only in a new --out")
-    (out / "samples").mkdir(parents=True, exist_ok=True)
+    if ckpt and ckpt["args"]["batch_size"] != args.batch_size:
+        fail(f"{path} was trained with --batch-size {ckpt['args']['batch_size']}; resume with the same")
+    if ckpt and ckpt["world"] != world:
+        fail(f"{path} was trained by {ckpt['world']} process(es), not {world}; resume with as many")
     return ckpt
 
 
-D_WINS_STEPS = 300      # warn when D(G(z)) has averaged below D_WINS_BELOW over this many steps,
-D_WINS_BELOW = 0.05     # which makes G's gradient vanish (see "When training goes wrong" in the README)
-COLLAPSE = 1 / 3        # warn when the samples' diversity falls below this fraction of the run's best
-KEEP_EPOCHS = 3         # epoch checkpoints kept in checkpoints/ beside checkpoint.pt
-README = "see \"When training goes wrong\" in the README of this script's repository"
-
-
-def reopen_csv(path, columns, step):
-    """Open a CSV log of the run folder for appending: its header and the rows of steps up to `step` (a new run:
-    0), so that rows written after the checkpoint by a run killed before its next one are dropped."""
-    rows = []
-    if step and path.exists():
-        with open(path, newline="") as f:
-            rows = [row for row in list(csv.reader(f))[1:] if row and int(row[0]) <= step]
-    with open(path.with_name(path.name + ".tmp"), "w", newline="") as f:
-        csv.writer(f).writerows([columns] + rows)
-    os.replace(path.with_name(path.name + ".tmp"), path)
-    file = open(path, "a", newline="")
-    return file, csv.writer(file), rows
-
-
 class RunLog:
-    """log.csv, one row per step (losses, D(x), D(G(z)), seconds since the run began), and a progress line
-    every --log-every seconds. The stats stay on the device until then and are fetched with one .tolist():
-    one host sync per line, not per step. Only process 0 (lead) writes. On resume, the rows after the
-    checkpoint's step (logged by a run killed between two checkpoints) are dropped, so the log holds each
-    step once and agrees with the checkpoint. It also watches for the two failures a user should hear of at
-    once: D winning outright, and the samples collapsing (diversity.csv, one row per save)."""
+    """log.csv, a row a step, and a progress line every --log-every seconds (process 0): stats stay on the device
+    until then, one host sync a line. On resume log.csv is cut back to its length at the checkpoint."""
 
-    COLUMNS = ["step", "epoch", "time", "loss_d", "loss_g", "d_real", "d_fake"]
-
-    def __init__(self, out, args, pos, last_step, elapsed, device, lead=True):
-        self.folder, self.args, self.last_step, self.lead = out, args, last_step, lead
-        self.pending, self.finite = [], torch.ones((), dtype=torch.bool, device=device)
-        self.t0 = time.perf_counter() - elapsed                 # the run's clock, carried across resumes
-        self.step = self.first_step = pos.step
+    def __init__(self, path, args, step, last, ckpt, world):
+        if ckpt:
+            os.truncate(path, ckpt["log_bytes"])
+        else:
+            path.write_text("step,epoch,time,loss_d,loss_g,d_real,d_fake\n")
+        self.file, self.args, self.first, self.step, self.last = open(path, "a", newline=""), args, step, step, last
+        self.t0 = time.perf_counter() - (ckpt["time"] if ckpt else 0.0)  # the run's clock, across resumes
         self.t_first = self.t_line = time.perf_counter()
-        self.images_per_step = args.batch_size * pos.world
-        self.recent, self.d_wins_told, self.collapse_told = [], False, False
-        if lead:
-            self.file, self.csv, _ = reopen_csv(out / "log.csv", self.COLUMNS, pos.step)
-            self.diversity_file, self.diversity_csv, rows = reopen_csv(
-                out / "diversity.csv", ["step", "epoch", "diversity"], pos.step)
-            self.best_diversity = max((float(row[2]) for row in rows), default=0.0)
+        self.rows, self.d_fake, self.images_per_step = [], [], args.batch_size * world
 
-    def record(self, stats, pos):
-        """Keep one step's (4,) stats; write them out when --log-every seconds have passed."""
-        self.finite = self.finite & stats.isfinite().all()
-        self.step = pos.step
-        if self.lead:
-            self.pending.append((pos.step, pos.epoch + (pos.seen > 0), time.perf_counter() - self.t0, stats))
-            if time.perf_counter() - self.t_line > self.args.log_every:
-                self.flush()
+    def record(self, step, epoch, stats):
+        self.step = step
+        self.rows.append((step, epoch, f"{time.perf_counter() - self.t0:.3f}", stats))
+        if time.perf_counter() - self.t_line > self.args.log_every:
+            self.flush()
 
     def flush(self):
-        if not self.pending:
+        if not self.rows:
             return
-        values = torch.stack([stats for *_, stats in self.pending]).tolist()  # the one host sync
-        self.csv.writerows([step, epoch, f"{t:.3f}", *(f"{v:.5f}" for v in row)]
-                           for (step, epoch, t, _), row in zip(self.pending, values))
+        values = torch.stack([row[3] for row in self.rows]).tolist()  # the one host sync
+        csv.writer(self.file, lineterminator="\n").writerows([*row[:3], *(f"{v:.5f}" for v in row_values)]
+                                                             for row, row_values in zip(self.rows, values))
         self.file.flush()
-        step, epoch = self.pending[-1][:2]
-        loss_d, loss_g, d_real, d_fake = values[-1]
-        rate = (step - self.first_step) / (time.perf_counter() - self.t_first)
-        print(f"epoch {epoch}/{self.args.epochs} step {step}/{self.last_step} | loss D {loss_d:.3f} G {loss_g:.3f}"
-              f" | D(x) {d_real:.2f} D(G(z)) {d_fake:.2f} | {rate * self.images_per_step:.0f} img/s | "
-              f"{(self.last_step - step) / rate / 60:.1f} min left", flush=True)
-        self.pending, self.t_line = [], time.perf_counter()
-        self.watch_d(values, step)
+        (step, epoch, *_), (loss_d, loss_g, d_real, d_fake) = self.rows[-1], values[-1]
+        rate = (step - self.first) / (time.perf_counter() - self.t_first)
+        print(f"epoch {epoch}/{self.args.epochs} step {step}/{self.last} | loss D {loss_d:.3f} G {loss_g:.3f} | "
+              f"D(x) {d_real:.2f} D(G(z)) {d_fake:.2f} | {rate * self.images_per_step:.0f} img/s | "
+              f"{(self.last - step) / rate / 60:.1f} min left", flush=True)
+        self.d_fake = (self.d_fake + [row_values[3] for row_values in values])[-D_WINS_STEPS:]
+        if len(self.d_fake) == D_WINS_STEPS and sum(self.d_fake) / D_WINS_STEPS < D_WINS_BELOW:
+            print(f"warning: D is winning outright: D(G(z)) averaged below {D_WINS_BELOW} over {D_WINS_STEPS} steps "
+                  f"to step {step}, so G learns little; see the README's 'When training goes wrong'", flush=True)
+            self.d_fake = []                                    # at most once every D_WINS_STEPS steps
+        self.rows, self.t_line = [], time.perf_counter()
 
-    def watch_d(self, values, step):
-        """One line when D wins outright: D(G(z)) averaged below D_WINS_BELOW over the last D_WINS_STEPS steps.
-        D then tells every fake apart and G's loss is large while its gradient is small; said once, and again
-        only after D(G(z)) has recovered."""
-        self.recent = (self.recent + [row[3] for row in values])[-D_WINS_STEPS:]
-        d_fake = sum(self.recent) / len(self.recent)
-        winning = len(self.recent) == D_WINS_STEPS and d_fake < D_WINS_BELOW
-        if winning and not self.d_wins_told:
-            print(f"warning: D is winning outright: D(G(z)) averaged {d_fake:.3f} over the last {D_WINS_STEPS} "
-                  f"steps (to step {step}; G's loss {values[-1][1]:.2f}), so G learns little; {README}", flush=True)
-        self.d_wins_told = winning
-
-    def diversity(self, images, pos):
-        """diversity.csv: how different the fixed-noise samples are from one another at each save (the standard
-        deviation of each pixel across the samples, images in [0, 1], averaged over pixels; 0 when all are the
-        same). One line when it falls below COLLAPSE of the run's best, or below one grey level (1/255): the
-        samples have collapsed to a few images, or to one."""
-        value = images.float().std(dim=0).mean().item()
-        self.diversity_csv.writerow([pos.step, pos.epoch + (pos.seen > 0), f"{value:.5f}"])
-        self.diversity_file.flush()
-        collapsed = value < max(COLLAPSE * self.best_diversity, 1 / 255)
-        if collapsed and not self.collapse_told:
-            print(f"warning: the samples have collapsed: their diversity is {value:.4f} at step {pos.step}, "
-                  f"the run's best {self.best_diversity:.4f} (diversity.csv); {README}", flush=True)
-        self.collapse_told = collapsed
-        self.best_diversity = max(self.best_diversity, value)
-
-    def seconds(self):
-        """Seconds of training in this run, across resumes."""
-        return time.perf_counter() - self.t0
-
-    def close(self, summary=True):
-        """Write what is pending; with summary, say how many steps this process trained and how fast."""
-        if not self.lead or self.file.closed:
-            return
+    def close(self):
         self.flush()
         self.file.close()
-        self.diversity_file.close()
-        if summary:
-            steps, seconds = self.step - self.first_step, time.perf_counter() - self.t_first
-            print(f"trained {steps} steps in {seconds:.1f} s ({steps * self.images_per_step / seconds:.0f} "
-                  f"images/s); run folder {self.folder}", flush=True)
+        steps, seconds = self.step - self.first, time.perf_counter() - self.t_first
+        print(f"trained {steps} steps in {seconds:.1f} s ({steps * self.images_per_step / seconds:.0f} images/s); "
+              f"run folder {Path(self.file.name).parent}", flush=True)
 
 
-def sample(G, z):
-    """G(z) for the sample grids and --generate, without gradients, with BatchNorm (where G has it) normalising
-    by the statistics of this batch of samples and its running statistics left untouched.
-
-    Why not eval mode (running statistics)? They start at mean 0 and variance 1 and follow the training batches
-    with momentum 0.1, so early in a run they are far from the statistics G's layers really produce and
-    eval-mode samples come out nearly flat. Batch statistics are right from the first step, and over 64 or
-    more samples a sample hardly depends on the others. Switching track_running_stats off for the call keeps
-    the running statistics (and so the checkpoint and the bit-for-bit resume) unchanged.
-    """
-    norms = [m for m in G.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
-    for m in norms:
-        m.track_running_stats = False
-    try:
-        with torch.no_grad():
-            return G.train()(z)
-    finally:
-        for m in norms:
-            m.track_running_stats = True
-
-
-def write_gif(out):
-    """progress.gif: the fixed-noise grids of samples/, one frame per grid, at most 600 pixels a side (the
-    full-size grids stay in samples/). The GIF is written anew at every save, and GIF's colour reduction of
-    a 256x256 run's 2058-pixel grid takes most of a second a frame: 100 epochs would cost over a minute a save
-    and a GiB of frames in memory."""
-    frames = []
-    for path in sorted((out / "samples").glob("*.png")):
-        frame = torchvision.datasets.folder.pil_loader(str(path))
-        frame.thumbnail((600, 600))                             # keeps the aspect; smaller grids are left alone
-        frames.append(frame)
-    frames[0].save(out / "progress.gif", save_all=True, append_images=frames[1:], duration=200, loop=0)
-
-
-def keep_epoch_checkpoint(out, epoch):
-    """A copy of checkpoint.pt as checkpoints/epoch_NNNN.pt at each epoch end, to roll back to with --resume
-    PATH after a collapse. The last KEEP_EPOCHS are kept; older ones, and any of later epochs (from before a
-    roll-back), are deleted."""
-    folder = out / "checkpoints"
-    folder.mkdir(exist_ok=True)
-    shutil.copyfile(out / "checkpoint.pt", folder / f"epoch_{epoch:04d}.pt")
-    for path in folder.glob("epoch_*.pt"):
-        if not epoch - KEEP_EPOCHS < int(path.stem[6:]) <= epoch:
-            path.unlink()
-
-
-def save_progress(out, args, models, pos, rng_state, fixed_z, log):
-    """At each epoch end, at --max-steps and on a stop: the fixed-noise grid, its diversity, progress.gif and
-    checkpoint.pt (and at an epoch end a copy of it in checkpoints/)."""
-    if not log.lead:
-        return
-    log.flush()
-    G, D, opt_G, opt_D = models
-    grid = (sample(G, fixed_z).float() + 1) / 2                 # (64, C, H, W) in [0, 1]
-    save_image(grid, out / "samples" / f"epoch_{pos.epoch + (pos.seen > 0):04d}.png", nrow=8)
-    log.diversity(grid, pos)
-    write_gif(out)
-    save_checkpoint(out / "checkpoint.pt", {
-        "script": SCRIPT, "args": vars(args), "G": G.state_dict(), "D": D.state_dict(),
-        "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(), **pos.state(), "rng": rng_state,
-        "fixed_z": fixed_z, "time": log.seconds()})
-    if pos.seen == 0:
-        keep_epoch_checkpoint(out, pos.epoch)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Generating from a trained run, the flags, and the command line
-# ----------------------------------------------------------------------------------------------------------
 def generate(args):
-    """--generate N: N single PNGs in --out/generated/ (exactly N files, as FID tools expect of a folder) and a
-    grid of the first 64 beside it, generated_grid.png. Written chunk by chunk: memory does not grow with N.
-    z is drawn in chunks of max(64, --batch-size), so every image is normalised with at least 63 others."""
-    device = pick_device(args.device)
-    out = Path(args.out)
-    ckpt = load_checkpoint(out / "checkpoint.pt", args, device)
+    """--generate N: exactly N PNGs in --out/generated/ (as FID tools expect) and a grid of the first 64 beside
+    it, chunk by chunk (memory does not grow with N); z from --seed on the CPU: the same images on any device."""
+    device, out = setup(args)[2], Path(args.out)
     G = build(args, device)[0]
-    G.load_state_dict(ckpt["G"])
-    rng = torch.Generator(device).manual_seed(args.seed)
-    folder = out / "generated"
-    folder.mkdir(parents=True, exist_ok=True)
-    chunk, first, seconds = max(64, args.batch_size), None, 0.0
+    G.load_state_dict(load_checkpoint(out / "checkpoint.pt", args, device)["G"])
+    dtype, rng, chunk, first, seconds = amp_dtype(args, device), torch.Generator().manual_seed(args.seed), max(
+        64, args.batch_size), None, 0.0                        # chunks of 64 at least: see sample()
+    (out / "generated").mkdir(parents=True, exist_ok=True)
     for start in range(0, args.generate, chunk):
-        z = noise(chunk, args, device, rng)
-        t = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+        z, t = noise(chunk, args, device, rng), time.perf_counter()
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             images = ((sample(G, z).float() + 1) / 2).clamp_(0, 1)[:args.generate - start].cpu()  # waits for G
         seconds += time.perf_counter() - t
         for i, image in enumerate(images):
-            save_image(image, folder / f"{start + i:06d}.png")
+            save_image(image, out / "generated" / f"{start + i:06d}.png")
         first = images[:64] if first is None else first
     save_image(first, out / "generated_grid.png", nrow=8)
-    print(f"wrote {args.generate} images to {folder} and a grid of the first {len(first)} to "
+    print(f"wrote {args.generate} images to {out / 'generated'} and a grid of the first {len(first)} to "
           f"{out / 'generated_grid.png'} (G: {args.generate / seconds:.0f} images/s)")
 
 
@@ -938,44 +590,34 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=5, help="train until the end of this epoch")
     p.add_argument("--batch-size", type=int, default=128, help="images per step (per process under torchrun)")
     p.add_argument("--lr", type=float, default=2e-4, help="Adam's learning rate, for G and D")
-    p.add_argument("--beta1", type=float, default=0.5, help="Adam's beta1")
     p.add_argument("--z-dim", type=int, default=100, help="size of the noise vector z")
     p.add_argument("--ngf", type=int, default=64, help="G's width: 64 the tutorial's networks, 128 the paper's")
     p.add_argument("--ndf", type=int, default=64, help="D's width: 64 the tutorial's networks, 128 the paper's")
-    p.add_argument("--g-act", choices=["relu", "leaky"], default="relu",
-                   help="G's activations: the paper's ReLU with a Tanh output, or the faces table's LeakyReLU")
+    p.add_argument("--g-act", choices=["relu", "leaky"], default="relu", help="G's activations (leaky: the table's)")
     p.add_argument("--channels", type=int, choices=[1, 3], default=3, help="3 for colour, 1 for grayscale")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                   help="DataLoader processes decoding images (0: decode in the training process)")
-    p.add_argument("--cache", action="store_true",
-                   help="decode and resize every image once into RAM (uint8; about 2.4 GB for CelebA's 202,599)")
-    p.add_argument("--compile", action="store_true", help="torch.compile G and D")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="image decoding processes")
+    p.add_argument("--cache", action="store_true", help="decode every image once into memory (GPU memory if it fits)")
+    p.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND", help="torch.compile G and D")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
     p.add_argument("--seed", type=int, default=0, help="initial weights, noise and data order all come from it")
     p.add_argument("--out", default=f"runs/{SCRIPT}", help="run folder")
     p.add_argument("--max-steps", type=int, help="stop when the run's total step count reaches this")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
-                   help="continue the run in --out from its checkpoint.pt, or from CHECKPOINT (one of its "
-                        "checkpoints/epoch_NNNN.pt, to roll back)")
+                   help="continue the run in --out from its checkpoint.pt, or from CHECKPOINT (to roll back)")
     p.add_argument("--generate", type=int, metavar="N", help="write N images from --out/checkpoint.pt, no training")
-    p.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA and CPU)")
+    p.add_argument("--amp", nargs="?", const="auto", choices=["auto", "bf16", "fp16"],
+                   help="mixed precision: bfloat16 where native, else float16 with a gradient scaler; or force one")
     p.add_argument("--log-every", type=float, default=5.0, help="seconds between progress lines")
     args = p.parse_args(argv)
     for flag in ("epochs", "batch_size", "lr", "z_dim", "ngf", "ndf", "max_steps", "generate", "log_every"):
-        value = getattr(args, flag)
-        if value is not None and value <= 0:
-            fail(f"--{flag.replace('_', '-')} must be positive, got {value}")
-    if args.workers < 0:
-        fail(f"--workers must be 0 or more, got {args.workers}")
-    return args
+        if getattr(args, flag) is not None and not getattr(args, flag) > 0:  # NaN too
+            fail(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
+    return args if args.workers >= 0 else fail(f"--workers must be 0 or more, got {args.workers}")
 
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.generate:
-        generate(args)
-    else:
-        train(args)
+    generate(args) if args.generate else train(args)
 
 
 if __name__ == "__main__":

@@ -63,16 +63,16 @@ def test_trains_on_a_folder_of_mixed_images(trained, photo_folder):
     out, result = trained
     # The truncated JPEG and the fake PNG are skipped and named; the text file is not even looked at.
     assert "truncated.jpg" in result.stdout and "not_an_image.png" in result.stdout
-    assert "skipped 2 unreadable image(s)" in result.stdout and "notes.txt" not in result.stdout
+    assert "2 so far" in result.stdout and "notes.txt" not in result.stdout
     rows = (out / "log.csv").read_text().splitlines()
     assert rows[0] == "step,epoch,time,loss_d,loss_g,d_real,d_fake"
     steps_per_epoch = (READABLE + 2) // 4                       # unreadable files are stood in for, not dropped
     assert len(rows) == 1 + 2 * steps_per_epoch
     assert re.search(r"trained 8 steps in [\d.]+ s \(\d+ images/s\)", result.stdout)
-    for name in ("real.png", "progress.gif", "samples/epoch_0001.png", "samples/epoch_0002.png"):
+    for name in ("real.png", "samples/epoch_0001.png", "samples/epoch_0002.png", "checkpoints/epoch_0002.pt"):
         assert (out / name).stat().st_size > 0, name
     ckpt = load_checkpoint(out)
-    assert (ckpt["script"], ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]) == ("dcgan64", 8, 2, 0)
+    assert (ckpt["script"], ckpt["step"], ckpt["epoch"], ckpt["batch"]) == ("dcgan64", 8, 2, 0)
 
 
 def test_samples_use_batch_statistics_and_leave_g_unchanged(trained):
@@ -104,7 +104,7 @@ def test_cache_grayscale(photo_folder, tmp_path, capsys):
     dcgan64.main(["--data", str(photo_folder), "--out", str(tmp_path / "run"), "--cache", "--channels", "1",
                   "--workers", "0", "--max-steps", "2", *SMALL])
     output = capsys.readouterr().out
-    assert f"cached {READABLE} images" in output and "truncated.jpg" in output
+    assert f"cached {READABLE + 2} images" in output and "truncated.jpg" in output  # 2 stood in for
     assert load_checkpoint(tmp_path / "run")["G"]["net.12.weight"].shape == (8, 1, 4, 4)
 
 
@@ -114,7 +114,7 @@ def test_resume_mid_epoch_gives_the_same_weights(trained, photo_folder, tmp_path
     In-process through main(): the command line itself is what `trained` runs."""
     common = ["--data", str(photo_folder), "--out", str(tmp_path / "run"), "--epochs", "2", "--workers", "0", *SMALL]
     dcgan64.main([*common, "--max-steps", "3"])
-    assert load_checkpoint(tmp_path / "run")["batch_in_epoch"] == 3
+    assert load_checkpoint(tmp_path / "run")["batch"] == 3
     capsys.readouterr()
     dcgan64.main([*common, "--resume"])
     assert "trained 5 steps" in capsys.readouterr().out
@@ -147,7 +147,8 @@ def test_bad_flags_and_devices(tmp_path):
                         ("--generate", "0"), ("--ngf", "0"), ("--workers", "-1")]:
         fails_with([flag, value], "must be")
     if not torch.cuda.is_available():
-        fails_with(["--device", "cuda", "--out", tmp_path], "CUDA is not available")
+        fails_with(["--device", "cuda", "--out", tmp_path], "--device cuda: not available here")
+    fails_with(["--device", "tpu", "--out", tmp_path], "--device tpu: not available here (auto, cpu, cuda, cuda:N")
     (tmp_path / "file").write_text("")
     fails_with(["--out", tmp_path / "file"], "is a file")
 
@@ -157,6 +158,8 @@ def test_bad_checkpoints(trained, photo_folder, tmp_path):
     fails_with(["--generate", "3", "--out", tmp_path / "none"], "no checkpoint at")
     fails_with(["--resume", "--out", tmp_path / "none", *data], "no checkpoint at")
     fails_with(["--out", trained[0], *data], "already holds a run")
+    fails_with(["--resume", "--out", trained[0], *data, "--ngf", "8", "--ndf", "8", "--batch-size", "2"],
+               "was trained with --batch-size 4; resume with the same")
     fails_with(["--generate", "3", "--out", trained[0], "--ngf", "16", "--ndf", "8"], "--ngf 8")
     fails_with(["--generate", "3", "--out", trained[0], "--ngf", "8", "--ndf", "8", "--channels", "1"],
                "--channels 3")
@@ -179,6 +182,6 @@ def test_nan_losses_stop_the_run_and_keep_the_checkpoint(trained, photo_folder, 
     before = (out / "checkpoint.pt").read_bytes()
     message = error_of("dcgan64", "--data", photo_folder, "--out", out, "--resume", "--epochs", "3", "--workers", "0",
                        *SMALL)
-    assert re.fullmatch(r"dcgan64.py: error: losses became NaN or infinite by step \d+; the last good checkpoint"
+    assert re.fullmatch(r"dcgan64.py: error: losses became NaN or infinite at step \d+; the last good checkpoint"
                         r" is kept in \S+", message), message
     assert (out / "checkpoint.pt").read_bytes() == before

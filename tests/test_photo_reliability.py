@@ -14,7 +14,7 @@ import torch
 import torchvision
 
 import dcgan64
-from helpers import ONE_THREAD, REPO, load_checkpoint, run_script, start_script, wait_for_steps
+from helpers import ONE_THREAD, REPO, error_of, load_checkpoint, run_script, start_script, wait_for_steps
 
 SMALL = ("--ngf", "8", "--ndf", "8", "--device", "cpu")
 
@@ -29,10 +29,10 @@ def many_photos(tmp_path_factory):
     return root
 
 
-def stop_with_signal(argv, out, sig, whole_group, processes=None):
-    """Start dcgan64.py (a new process group), wait until log.csv has 12 steps, send sig to the process or its
+def stop_with_signal(argv, out, sig, whole_group, processes=None, script="dcgan64.py"):
+    """Start the script (a new process group), wait until log.csv has 12 steps, send sig to the process or its
     whole group, and return (exit status, stdout + stderr)."""
-    proc = start_script("dcgan64.py", *argv, processes=processes, start_new_session=True)
+    proc = start_script(script, *argv, processes=processes, start_new_session=True)
     wait_for_steps(proc, out, 12)
     if whole_group:
         os.killpg(proc.pid, sig)
@@ -67,55 +67,80 @@ def test_torchrun_stops_both_processes_at_the_same_step_on_sigterm_to_the_group(
     out = tmp_path / "run"
     _, output = stop_with_signal(["--data", many_photos, "--out", out, "--batch-size", 4,
                                   "--workers", 1, "--log-every", 0.05, *SMALL], out, signal.SIGTERM, True,
-                                 processes=2)
+                                 processes=2, script="tests/rank_weights.py")
     # torchrun itself reports the signal with a traceback of its own and exits 1; the training processes
-    # finish their step, save, agree on G's weights and leave without one.
+    # finish their step, save and leave without one, their weights equal.
     assert "dcgan64.py\", line" not in output, output
-    digests = output.split("G weights per process (sha256): ")[1].split()[:2]
-    assert digests[0] == digests[1]
-    assert assert_checkpoint_at_a_step_boundary(out)["world"] == 2
+    assert same_processes_weights(out)
+    ckpt = assert_checkpoint_at_a_step_boundary(out)
+    assert ckpt["world"] == 2 and (out / "checkpoint.pt").stat().st_mtime <= max(
+        p.stat().st_mtime for p in (out / "samples").iterdir())  # the checkpoint first, then the grid
+
+
+def same_processes_weights(out):
+    """Whether the two processes' G weights, saved by tests/rank_weights.py, are equal, and the checkpoint's. (Not
+    BatchNorm's running statistics: each process updates them with its own batch after DDP broadcasts them.)"""
+    weights = [torch.load(out / f"G_rank{rank}.pt") for rank in (0, 1)] + [load_checkpoint(out)["G"]]
+    return all(torch.equal(weights[0][k], other[k]) for other in weights[1:] for k in weights[0] if "running" not in k
+               and "num_batches" not in k)
 
 
 @pytest.fixture(scope="module")
 def three_steps(photo_folder, tmp_path_factory):
-    """A run of 3 steps of batch 2 in one process (in-process, through main()): 16 images (14 readable, 2 stood in for), so 6 samples seen."""
+    """A run of 3 steps of batch 2 in one process (in-process, through main())."""
     out = tmp_path_factory.mktemp("three_steps") / "run"
     dcgan64.main([*map(str, on_photos(photo_folder, out)), "--max-steps", "3"])
     return out
+
+
+@pytest.fixture(scope="module")
+def two_processes(photo_folder, tmp_path_factory):
+    """3 steps of 2 torchrun processes with --cache and --compile aot_eager: TorchDynamo's graph capture and
+    AOTAutograd, as the default inductor backend gets them, without its minute of C++ compilation on a CPU."""
+    out = tmp_path_factory.mktemp("two_processes") / "run"
+    result = run_script("tests/rank_weights.py", *on_photos(photo_folder, out), "--cache", "--compile", "aot_eager",
+                        "--max-steps", 3, processes=2)
+    assert result.returncode == 0, result.stderr
+    return out, result.stdout
 
 
 def on_photos(photo_folder, out):
     return ("--data", photo_folder, "--out", out, "--batch-size", 2, "--workers", 0, *SMALL)
 
 
-def test_resume_on_more_processes_goes_on_from_the_same_sample(three_steps, photo_folder, tmp_path):
-    """After 3 steps of 2 samples in one process, 2 processes take 4 samples a step, so epoch 1 has 2 steps left
-    (2 samples, less than a step, are left over) and --epochs 1 ends at step 5, the two processes' weights equal."""
-    out = tmp_path / "run"
-    shutil.copytree(three_steps, out)
-    result = run_script("dcgan64.py", *on_photos(photo_folder, out), "--resume", "--epochs", 1, processes=2)
-    assert result.returncode == 0, result.stderr
-    assert "resuming with 2 x 2 samples a step instead of 1 x 2: epoch 1 goes on from sample 6 of 16" in result.stdout
-    digests = re.search(r"G weights per process \(sha256\): (\w+) (\w+)", result.stdout)
-    assert digests and digests[1] == digests[2]
-    assert "trained 2 steps" in result.stdout and result.stdout.count("trained") == 1  # one process logs
-    ckpt = assert_checkpoint_at_a_step_boundary(out)
-    assert (ckpt["step"], ckpt["epoch"], ckpt["seen"], ckpt["world"]) == (5, 1, 0, 2)
+def test_two_processes_with_cache_and_compile_keep_equal_weights_and_one_copy_of_the_images(two_processes):
+    out, stdout = two_processes
+    assert stdout.count("cached 8 images") == 2                 # each process holds its half of the 16 files
+    assert same_processes_weights(out) and "trained 3 steps" in stdout and stdout.count("trained") == 1
+    assert (load_checkpoint(out)["step"], load_checkpoint(out)["world"]) == (3, 2)
 
 
-def test_nan_under_torchrun_stops_every_process_at_the_same_step(three_steps, photo_folder, tmp_path):
+def test_a_resume_on_another_number_of_processes_is_one_line(two_processes, photo_folder):
+    message = error_of("dcgan64", *on_photos(photo_folder, two_processes[0]), "--resume", "--max-steps", 5)
+    assert message.endswith("was trained by 2 process(es), not 1; resume with as many")
+
+
+def test_compiled_steps_are_the_eager_steps(three_steps, photo_folder, tmp_path):
+    """--compile must not change what a step computes, the G step's frozen D included."""
+    dcgan64.main([*map(str, on_photos(photo_folder, tmp_path / "run")), "--max-steps", "3", "--compile", "aot_eager"])
+    eager, compiled = (load_checkpoint(run) for run in (three_steps, tmp_path / "run"))
+    assert all(torch.allclose(eager[net][k].float(), compiled[net][k].float(), atol=1e-5)
+               for net in ("G", "D") for k in eager[net])
+
+
+def test_nan_under_torchrun_stops_every_process_at_the_same_step(two_processes, photo_folder, tmp_path):
     out = tmp_path / "run"
-    shutil.copytree(three_steps, out)
+    shutil.copytree(two_processes[0], out)
     ckpt = load_checkpoint(out)
     ckpt["D"] = {k: v.float().fill_(float("nan")) if v.is_floating_point() else v for k, v in ckpt["D"].items()}
     torch.save(ckpt, out / "checkpoint.pt")
     result = run_script("dcgan64.py", *on_photos(photo_folder, out), "--resume", "--max-steps", 30, processes=2,
                         timeout=120)
     assert result.returncode != 0
-    # Checked at the end of epoch 1, step 5 (see the test above), in both processes; the checkpoint stays. (The
+    # Step 4's losses are NaN; both processes read the agreed flag after step 5 and stop, the checkpoint kept. (The
     # two processes share stderr, so their lines may interleave: the messages are counted, not the lines.)
-    errors = re.findall(r"dcgan64\.py: error: losses became NaN or infinite by step (\d+);", result.stderr)
-    assert errors == ["5", "5"], result.stderr
+    errors = re.findall(r"dcgan64\.py: error: losses became NaN or infinite at step (\d+);", result.stderr)
+    assert errors == ["4", "4"], result.stderr
     assert load_checkpoint(out)["step"] == 3
 
 
@@ -152,7 +177,7 @@ def test_trains_with_pil_when_torchvision_has_no_image_decoders(photo_folder, tm
                              "0", *SMALL],
                             cwd=REPO, env=ONE_THREAD, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert "trained 4 steps" in result.stdout and "truncated.jpg" in result.stdout and "skipped 2" in result.stdout
+    assert "trained 4 steps" in result.stdout and "truncated.jpg" in result.stdout and "2 so far" in result.stdout
 
 
 def peak_memory_mib(*runs):
@@ -177,10 +202,10 @@ CACHE_PEAK = ("import re, sys\n"
               "def kib(field):\n"
               "    return int(re.search(field + r':\\s+(\\d+)', open('/proc/self/status').read())[1])\n"
               "args = dcgan64.parse_args(['--data', sys.argv[1], '--cache', '--workers', '0', '--device', 'cpu'])\n"
-              "del dcgan64.Photos(args, 0, 1).cache\n"
+              "del dcgan64.Photos(args, 0, 1, dcgan64.torch.device('cpu')).cache\n"
               "open('/proc/self/clear_refs', 'w').write('5')\n"
               "before = kib('VmRSS')\n"
-              "photos = dcgan64.Photos(args, 0, 1)\n"
+              "photos = dcgan64.Photos(args, 0, 1, dcgan64.torch.device('cpu'))\n"
               "print((kib('VmHWM') - before) * 1024, photos.cache.nbytes)\n")
 
 

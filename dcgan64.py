@@ -35,7 +35,6 @@ Implementation details, each tied to the paper (section numbers of arXiv:1511.06
 10. Adam, lr 0.0002, beta1 0.5 ("0.9 resulted in training oscillation and instability", section 4); batch 128.
 """
 import argparse
-import copy
 import csv
 import os
 import shutil
@@ -289,7 +288,8 @@ class Photos(Dataset):
         except RuntimeError as e:                               # not one file decodes
             fail(f"no readable image in {args.data}: {e}")
         self.paths = self.paths[rank::world]
-        self.cache, n = cache_images(self, device) if args.cache else None, torch.tensor(len(self), device=device)
+        self.cache = cache_images(self, device) if args.cache else None
+        n = torch.tensor(len(self), device=device if world > 1 else "cpu")
         if world > 1:
             dist.all_reduce(n, op=dist.ReduceOp.MIN)            # every process takes as many steps
         self.steps = int(n) // args.batch_size or fail(f"{args.data} holds {int(n)} images{' a process' * (world > 1)}"
@@ -361,17 +361,25 @@ def memory_format(device):
     return torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
 
 
-def setup(args):
-    """(rank, world size, device) from --device (auto: cuda, then mps, then cpu), or one line why not. Under
-    torchrun (WORLD_SIZE > 1) join the process group: NCCL between GPUs, one a process, gloo between CPUs."""
-    world, name = int(os.environ.get("WORLD_SIZE", "1")), args.device
+def pick_device(name, world=1):
+    """--device (auto: cuda, then mps, then cpu), or one line why not."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     kind, _, index = name.partition(":")
+    if kind not in ("cpu", "cuda", "mps") or index and not (kind == "cuda" and index.isdigit()):
+        fail(f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)")
     ok = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available() and world == 1}
-    if not ok.get(kind) or index and not (kind == "cuda" and index.isdigit() and int(index) < torch.cuda.device_count()):
-        fail(f"--device {name}: not available here (auto, cpu, cuda, cuda:N or mps; torchrun: cuda or cpu)")
-    device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if world > 1 and kind == "cuda" else torch.device(name)
+    if not ok[kind] or index and int(index) >= torch.cuda.device_count():
+        fail(f"--device {name}: not available here" + (" (torchrun runs need cuda or cpu)" if kind == "mps" else ""))
+    return torch.device(name)
+
+
+def setup(args):
+    """(rank, world size, device), from the device the run resolves to. Under torchrun (WORLD_SIZE > 1) join the
+    process group: NCCL between GPUs, one a process (LOCAL_RANK), gloo between CPUs."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = pick_device(args.device, world)
+    device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if world > 1 and device.type == "cuda" else device
     if device.type == "cuda":
         torch.cuda.set_device(device)                           # first: with cuda:1 nothing lands on GPU 0
     torch.backends.cudnn.benchmark = device.type == "cuda"      # fixed shapes: cuDNN picks its fastest kernels
@@ -468,11 +476,17 @@ def save(out, args, models, where, rng, fixed_z, log, world):
 
 
 def sample(G, z):
-    """G(z) without gradients, by a copy of G in training mode: BatchNorm normalises by this batch of samples and
-    G's running statistics stay untouched. Not eval mode: the running statistics start at mean 0, variance 1 and
-    follow the training batches with momentum 0.1, so early on eval-mode samples come out nearly flat."""
+    """G(z) without gradients, BatchNorm normalising by this batch of samples, its running statistics untouched:
+    they start at mean 0, variance 1 and follow the training batches with momentum 0.1, so early on they are far
+    from what G's layers produce and eval-mode samples come out nearly flat."""
+    norms = [m for m in G.modules() if isinstance(m, nn.BatchNorm2d)]
+    for m in norms:
+        m.track_running_stats = False
     with torch.no_grad():
-        return copy.deepcopy(G).train()(z)
+        images = G.train()(z)
+    for m in norms:
+        m.track_running_stats = True
+    return images
 
 
 def load_checkpoint(path, args, device):

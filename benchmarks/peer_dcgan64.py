@@ -109,9 +109,9 @@ def ceilings(args):
     dcgan_args = dcgan64.parse_args(["--device", args.device])
     G, D, opt_G, opt_D = dcgan64.build(dcgan_args, device)
     x = torch.rand(8, 3, 64, 64, device=device).contiguous(memory_format=torch.channels_last)
-    fp32 = torch.autocast(device.type, enabled=False)
+    fp32, scaler = torch.autocast(device.type, enabled=False), torch.amp.GradScaler(device.type, enabled=False)
     flops = baseline_dcgan64.step_flops(
-        lambda: dcgan64.train_step(G, D, D, opt_G, opt_D, x, torch.randn(8, 100, 1, 1, device=device), fp32))
+        lambda: dcgan64.train_step(G, D, D, opt_G, opt_D, x, torch.randn(8, 100, 1, 1, device=device), fp32, scaler))
     rates = {kind: (baseline_dcgan64.matmul_gflops(device, dtype), baseline_dcgan64.conv_gflops(device, dtype))
              for kind, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
     return {**{kind: max(r) for kind, r in rates.items()}, "rates": rates, "gflop_per_image": flops / 8 / 1e9}

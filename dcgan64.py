@@ -277,9 +277,8 @@ def find_images(root):
 
 
 class Photos(Dataset):
-    """This process's share of the images below --data: under torchrun every world-th file from the rank-th, so a
-    process decodes, and caches, only its share. Item i: image i, uint8 (C, S, S), the index of the file skipped
-    to get it and why (-1, "" if none): an unreadable file must not end a long run, so the next one stands in."""
+    """This process's share of the files (torchrun: every world-th). Item i: image i, uint8 (C, S, S), the index of
+    the file skipped to get it and why (-1, ""): an unreadable file must not end a run; the next one stands in."""
 
     def __init__(self, args, rank, world, device):
         self.paths, self.args, self.named, self.pin = find_images(args.data), args, set(), device.type == "cuda"
@@ -292,8 +291,7 @@ class Photos(Dataset):
         n = torch.tensor(len(self), device=device if world > 1 else "cpu")
         if world > 1:
             dist.all_reduce(n, op=dist.ReduceOp.MIN)            # every process takes as many steps
-        self.steps = int(n) // args.batch_size or fail(f"{args.data} holds {int(n)} images{' a process' * (world > 1)}"
-                                                        f", fewer than one batch of {args.batch_size}")
+        self.steps = int(n) // args.batch_size or fail(f"{args.data}: {int(n)} images, fewer than one batch")
 
     def __len__(self):
         return len(self.paths)
@@ -308,8 +306,7 @@ class Photos(Dataset):
         raise RuntimeError(f"all {len(self)} image files failed to decode (e.g. {self.paths[i]}: {why})")
 
     def epoch(self, epoch, start):
-        """uint8 batches (B, C, S, S) of an epoch from batch `start` on, in an order from (--seed, epoch) alone, as
-        a resume draws it again: from the cache, or decoded by the workers while the step runs."""
+        """uint8 (B, C, S, S) batches from batch `start` on, in an order from (--seed, epoch) alone (so a resume)."""
         order = torch.randperm(len(self), generator=torch.Generator().manual_seed(self.args.seed + epoch))
         batches = order[:self.steps * self.args.batch_size].view(self.steps, -1)[start:]
         if self.cache is not None:
@@ -317,14 +314,16 @@ class Photos(Dataset):
             return
         for images, skipped, why in DataLoader(self, batch_sampler=batches.tolist(), num_workers=self.args.workers,
                                                pin_memory=self.pin, worker_init_fn=ignore_signals):
-            self.name_skipped(skipped, why)
+            name_skipped(self, skipped, why)
             yield images
 
-    def name_skipped(self, skipped, why):
-        for i, reason in zip(skipped.tolist(), why):            # a CPU tensor: no device sync
-            if i >= 0 and i not in self.named:
-                self.named.add(i)
-                print(f"skipped unreadable image {self.paths[i]} ({reason}); {len(self.named)} so far")
+
+def name_skipped(photos, skipped, why):
+    """Says once which files a worker could not decode, and why (skipped: a CPU tensor, no device sync)."""
+    for i, reason in zip(skipped.tolist(), why):
+        if i >= 0 and i not in photos.named:
+            photos.named.add(i)
+            print(f"skipped unreadable image {photos.paths[i]} ({reason}); {len(photos.named)} so far")
 
 
 def cache_images(photos, device):
@@ -334,7 +333,7 @@ def cache_images(photos, device):
     cache = torch.empty(len(photos), photos.args.channels, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)
     for images, skipped, why in DataLoader(photos, 256, num_workers=photos.args.workers, worker_init_fn=ignore_signals):
         cache[start:start + len(images)], start = images, start + len(images)
-        photos.name_skipped(skipped, why)
+        name_skipped(photos, skipped, why)
     if device.type == "cuda" and 2 * cache.nbytes < torch.cuda.mem_get_info(device)[0]:
         cache = cache.to(device)
     print(f"cached {len(cache)} images ({cache.nbytes / 2**20:.0f} MiB, on {cache.device.type}) in "
@@ -538,7 +537,6 @@ class RunLog:
         self.rows, self.d_fake, self.images_per_step = [], [], args.batch_size * world
 
     def record(self, step, epoch, stats):
-        self.step = step
         self.rows.append((step, epoch, f"{time.perf_counter() - self.t0:.3f}", stats))
         if time.perf_counter() - self.t_line > self.args.log_every:
             self.flush()
@@ -550,16 +548,12 @@ class RunLog:
         csv.writer(self.file, lineterminator="\n").writerows([*row[:3], *(f"{v:.5f}" for v in row_values)]
                                                              for row, row_values in zip(self.rows, values))
         self.file.flush()
-        (step, epoch, *_), (loss_d, loss_g, d_real, d_fake) = self.rows[-1], values[-1]
-        rate = (step - self.first) / (time.perf_counter() - self.t_first)
+        (self.step, epoch, *_), (loss_d, loss_g, d_real, d_fake) = self.rows[-1], values[-1]
+        step, rate = self.step, (self.step - self.first) / (time.perf_counter() - self.t_first)
         print(f"epoch {epoch}/{self.args.epochs} step {step}/{self.last} | loss D {loss_d:.3f} G {loss_g:.3f} | "
               f"D(x) {d_real:.2f} D(G(z)) {d_fake:.2f} | {rate * self.images_per_step:.0f} img/s | "
               f"{(self.last - step) / rate / 60:.1f} min left", flush=True)
-        self.d_fake = (self.d_fake + [row_values[3] for row_values in values])[-D_WINS_STEPS:]
-        if len(self.d_fake) == D_WINS_STEPS and sum(self.d_fake) / D_WINS_STEPS < D_WINS_BELOW:
-            print(f"warning: D is winning outright: D(G(z)) averaged below {D_WINS_BELOW} over {D_WINS_STEPS} steps "
-                  f"to step {step}, so G learns little; see the README's 'When training goes wrong'", flush=True)
-            self.d_fake = []                                    # at most once every D_WINS_STEPS steps
+        self.d_fake = warn_if_d_wins(self.d_fake + [row_values[3] for row_values in values], step)
         self.rows, self.t_line = [], time.perf_counter()
 
     def close(self):
@@ -568,6 +562,16 @@ class RunLog:
         steps, seconds = self.step - self.first, time.perf_counter() - self.t_first
         print(f"trained {steps} steps in {seconds:.1f} s ({steps * self.images_per_step / seconds:.0f} images/s); "
               f"run folder {Path(self.file.name).parent}", flush=True)
+
+
+def warn_if_d_wins(d_fake, step):
+    """One line when D wins outright: D(G(z)) averaged below D_WINS_BELOW over D_WINS_STEPS steps, when G's
+    gradient all but vanishes and a run rarely recovers. Returns the D(G(z)) history to keep."""
+    if len(d_fake) >= D_WINS_STEPS and sum(d_fake[-D_WINS_STEPS:]) / D_WINS_STEPS < D_WINS_BELOW:
+        print(f"warning: D is winning outright: D(G(z)) averaged below {D_WINS_BELOW} over {D_WINS_STEPS} steps to "
+              f"step {step}, so G learns little; see the README's 'When training goes wrong'", flush=True)
+        return []                                               # at most once every D_WINS_STEPS steps
+    return d_fake[-D_WINS_STEPS:]
 
 
 def generate(args):

@@ -11,11 +11,11 @@ Run (MNIST is downloaded into --data when it is not there):
     python lsgan.py --resume --epochs 200             # continue the run in --out
     python lsgan.py --generate 1000                   # write images from --out/checkpoint.pt
 
-Run folder (--out, default runs/lsgan): real.png (real digits), samples/epoch_NNNN.png (the same fixed noise every
-epoch), progress.gif (those grids animated), log.csv (losses, D(x), D(G(z)) per step), diversity.csv (how
-different those samples are, per epoch), checkpoint.pt (everything needed to continue bit-for-bit) and
-checkpoints/epoch_NNNN.pt (the last 3 epochs', to roll back to), generated/ and generated_grid.png (--generate).
-It warns in one line when D wins outright or the samples collapse: see "When training goes wrong" in the README.
+Run folder (--out, default runs/lsgan): real.png (real digits), samples/epoch_NNNN.png (the same fixed
+noise every epoch), log.csv (losses, D(x), D(G(z)) per step), checkpoint.pt (what --resume needs to go on, on any
+device, bit for bit on CPU, with the same --batch-size), checkpoints/epoch_NNNN.pt (the last 3 epochs', to roll
+back to with --resume PATH), generated/ and generated_grid.png (--generate). One line warns when D wins outright:
+see "When training goes wrong" in the README.
 
 Implementation details, each tied to the paper:
  1. Least-squares losses instead of the sigmoid cross-entropy (Mao et al., eq. 2), with the 0-1 coding of
@@ -29,27 +29,20 @@ Implementation details, each tied to the paper:
  4. Real pixels are scaled to [-1, 1] to match G's Tanh output.
  5. Adam (lr 1e-3, beta1 0.5), as in the CS231n notebook (the paper: lr 2e-4 for its LSUN nets).
 """
-import argparse
-import contextlib
-import csv
-import io
-import os
-import re
-import shutil
-import signal
-import sys
-import time
+import argparse, contextlib, math, os, re, shutil, signal, sys, time  # noqa: E401 (the standard library)
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
-from torchvision.datasets.mnist import read_image_file
 from torchvision.utils import save_image
 
 SCRIPT = Path(__file__).stem
 NETWORK_FLAGS = ("z_dim", "g_hidden", "d_hidden", "g_act")  # must match between a checkpoint and the flags
+D_WINS_STEPS = 300      # warn when D(G(z)) has averaged below D_WINS_BELOW over this many steps,
+D_WINS_BELOW = 0.05     # which makes G's gradient vanish (see "When training goes wrong" in the README)
+KEEP_EPOCHS = 3         # epoch checkpoints kept in checkpoints/ beside checkpoint.pt
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -95,27 +88,30 @@ class Discriminator(nn.Module):
 
 
 def noise(n, args, device, rng=None):
-    """n samples of z ~ N(0, I), the prior p_z of the paper: (n, z_dim)."""
-    return torch.randn(n, args.z_dim, device=device, generator=rng)
+    """n samples of z ~ N(0, I), the prior p_z of the paper: (n, z_dim). Drawn on the CPU (rng: a CPU generator),
+    so a seed gives the same z on every device; on CUDA into pinned memory, copied asynchronously."""
+    z = torch.randn(n, args.z_dim, generator=rng, pin_memory=device.type == "cuda")
+    return z.to(device, non_blocking=device.type == "cuda")
 
 
 def build(args, device):
-    """G, D and their Adam optimizers (detail 5)."""
+    """G, D and their Adam optimizers (detail 5), fused (one kernel for all parameters) on every device."""
     G = Generator(args.z_dim, args.g_hidden, args.g_act).to(device)
     D = Discriminator(args.d_hidden).to(device)
-    fast = {"fused": True} if device.type in ("cuda", "cpu") else {}  # one kernel for all parameters
-    opt_G = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.beta1, 0.999), **fast)
-    opt_D = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.beta1, 0.999), **fast)
+    opt_G = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.beta1, 0.999), fused=True)
+    opt_D = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.beta1, 0.999), fused=True)
     return G, D, opt_G, opt_D
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Losses (Mao et al. eq. 9) and one iteration of Algorithm 1 of Goodfellow et al.
 # ----------------------------------------------------------------------------------------------------------
-def train_step(G, D, opt_G, opt_D, x, z, amp):
+def train_step(G, D, opt_G, opt_D, x, z, amp, scaler):
     """One D step, then one G step (Goodfellow et al. Algorithm 1, k = 1) with the losses of eq. 9, on real x
     (B, 1, 28, 28) and noise z.
 
+    amp: the autocast context. scaler: float16's gradient scaler, one for both optimizers; disabled otherwise
+    (then scaler.scale(loss) is loss and scaler.step(opt) is opt.step()).
     Returns a (4,) tensor: loss of D, loss of G, and D's mean scores on x and on G(z) (no host sync).
     """
     B = len(x)
@@ -130,8 +126,8 @@ def train_step(G, D, opt_G, opt_D, x, z, amp):
         real_scores, fake_scores = scores[:B], scores[B:]       # (B,), (B,)
         loss_d = 0.5 * F.mse_loss(real_scores, ones) + 0.5 * F.mse_loss(fake_scores, zeros)
     opt_D.zero_grad(set_to_none=True)
-    loss_d.backward()
-    opt_D.step()
+    scaler.scale(loss_d).backward()
+    scaler.step(opt_D)
 
     # -- G step (eq. 9): minimise 1/2 E[(D(G(z)) - c)^2] with c = 1, so that D takes fakes for real.
     # The fake batch is reused; D is frozen so no D weight gradient is computed.
@@ -140,8 +136,9 @@ def train_step(G, D, opt_G, opt_D, x, z, amp):
         gen_scores = D(fake).float()                            # (B,) scores of the updated D
         loss_g = 0.5 * F.mse_loss(gen_scores, ones)
     opt_G.zero_grad(set_to_none=True)
-    loss_g.backward()
-    opt_G.step()
+    scaler.scale(loss_g).backward()
+    scaler.step(opt_G)
+    scaler.update()                                             # once an iteration, for both optimizers
     D.requires_grad_(True)
 
     d_x = real_scores.detach().mean()                           # D(x), a mean score: aims at b = 1
@@ -153,216 +150,110 @@ def train_step(G, D, opt_G, opt_D, x, z, amp):
 # The training loop
 # ----------------------------------------------------------------------------------------------------------
 def train(args):
-    device = pick_device(args.device)
-    out = Path(args.out)
+    device, out = pick_device(args.device), Path(args.out)
     ckpt = open_run_folder(out, args, device)                   # None for a new run
-    check_amp(args, device)
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp)
+    dtype, scaler = precision(args, device)
+    amp = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
     data = load_mnist(args.data).to(device)                     # (N, 28, 28) uint8, on the device once
-    if len(data) < args.batch_size:                             # the last partial batch of an epoch is dropped
-        fail(f"{args.data} holds {len(data)} images, fewer than one batch of {args.batch_size}")
+    B, per_epoch = args.batch_size, len(data) // args.batch_size  # an epoch's last partial batch is left out
+    if per_epoch == 0:
+        fail(f"{args.data} holds {len(data)} images, fewer than one batch of {B}")
     torch.manual_seed(args.seed)                                # initial weights
     G, D, opt_G, opt_D = build(args, device)
-    rng = torch.Generator(device).manual_seed(args.seed)        # every random draw of training: z
-    fixed_z = noise(64, args, "cpu", torch.Generator().manual_seed(args.seed)).to(device)  # grids, every epoch
-    pos = Position(len(data), args.batch_size)
+    rng = torch.Generator().manual_seed(args.seed)              # every z of training, on the CPU
+    fixed_z = noise(64, args, device, torch.Generator().manual_seed(args.seed))  # the grids' z, every epoch
+    step = epoch = batch = 0                                    # steps, whole epochs, batches of this epoch done
     if ckpt:
-        restore(ckpt, args, (G, D, opt_G, opt_D), pos)
+        for part, key in zip((G, D, opt_G, opt_D), ("G", "D", "opt_G", "opt_D")):
+            part.load_state_dict(ckpt[key])
+        for group in opt_G.param_groups + opt_D.param_groups:
+            group["lr"] = args.lr                               # a resumed run may change the learning rate
+        if ckpt["scaler"]:                                      # empty when saved by a disabled scaler
+            scaler.load_state_dict(ckpt["scaler"])
         rng.set_state(ckpt["rng"].cpu())
-        fixed_z = ckpt["fixed_z"]
-    last_step = pos.last_step(args.epochs, args.max_steps, out)
-    log = RunLog(out, args, pos, last_step, ckpt["time"] if ckpt else 0.0, device)
+        fixed_z, step, epoch, batch = ckpt["fixed_z"], ckpt["step"], ckpt["epoch"], ckpt["batch"]
+    last_step = min(args.max_steps or math.inf, args.epochs * per_epoch)
+    if last_step <= step:
+        fail(f"the run in {out} is already at step {step} (epoch {epoch}); raise --epochs or --max-steps")
+    log = RunLog(out, args, step, last_step, ckpt)
     if not ckpt:
         save_image(data[:64].unsqueeze(1) / 255, out / "real.png", nrow=8)  # (64, 1, 28, 28) in [0, 1]
 
-    with StopSignals() as signals:
-        while pos.step < last_step and not signals:
-            for idx in pos.batches(args.seed).to(device):       # the rest of this epoch, (B,) indices each
-                x = to_model_range(data[idx]).unsqueeze(1)      # (B, 1, 28, 28) real images in [-1, 1]
-                z = noise(len(idx), args, device, rng)          # (B, z_dim) ~ N(0, I)
-                stats = train_step(G, D, opt_G, opt_D, x, z, amp)  # (4,), on the device
-                pos.advance()
-                log.record(stats, pos)
-                if should_stop(signals, log, pos.step) or pos.step == last_step:
+    with stop_signals() as signals:
+        while step < last_step and not signals:
+            # This epoch's order of the digits: a permutation drawn on the CPU from (--seed, epoch) alone.
+            order = torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed + epoch)).to(device)
+            for batch in range(batch, per_epoch):               # the rest of this epoch
+                x = data[order[batch * B:(batch + 1) * B]].unsqueeze(1)  # (B, 1, 28, 28) uint8 in [0, 255]
+                x = x.float().div_(127.5).sub_(1.0)             # real images in [-1, 1] (detail 4)
+                z = noise(B, args, device, rng)                 # (B, z_dim) ~ N(0, I)
+                stats = train_step(G, D, opt_G, opt_D, x, z, amp, scaler)  # (4,), on the device
+                step += 1
+                log.record(step, epoch + 1, stats)
+                if signals or step == last_step:
                     break
-            should_stop(signals, log, pos.step, now=True)       # no NaN reaches a checkpoint
-            save_progress(out, args, (G, D, opt_G, opt_D), pos, rng.get_state(), fixed_z, log)
-    log.close()
+            epoch, batch = (epoch + 1, 0) if batch + 1 == per_epoch else (epoch, batch + 1)
+            save_progress(out, args, (G, D, opt_G, opt_D, scaler), log, step=step, epoch=epoch, batch=batch,
+                          rng=rng.get_state(), fixed_z=fixed_z)
+    log.file.close()
+    seconds = time.perf_counter() - log.t_first
+    print(f"trained {step - log.first_step} steps in {seconds:.1f} s ({(step - log.first_step) * B / seconds:.0f} "
+          f"images/s); run folder {out}", flush=True)
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Plumbing: data, devices, stopping, checkpoints, the run folder and its log
+# Plumbing: data, devices, checkpoints, the run folder and its log, stopping, generating, flags
 # ----------------------------------------------------------------------------------------------------------
 def load_mnist(root):
     """MNIST's training images as one uint8 tensor (N, 28, 28), downloaded by torchvision into root if missing."""
-    raw = Path(root) / "MNIST" / "raw"
-    if not (raw / "train-images-idx3-ubyte").is_file():
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):     # torchvision's mirror-by-mirror chatter
-                torchvision.datasets.MNIST(root, train=True, download=True)
-        except Exception as e:                                  # no network, a firewall, a full disk...
-            cause = re.sub(r"^<urlopen error (\[Errno -?\d+\] )?|>$", "", str(e).strip().splitlines()[-1])
-            fail(f"MNIST is not in {raw} and could not be downloaded ({cause}); put the unzipped "
-                 "train-images-idx3-ubyte and train-labels-idx1-ubyte from the MNIST site in that folder")
     try:
-        return read_image_file(str(raw / "train-images-idx3-ubyte"))  # (N, 28, 28) uint8
-    except Exception as e:
-        fail(f"the MNIST files in {raw} cannot be read ({type(e).__name__}); replace them with the originals")
-
-
-def to_model_range(images_uint8):
-    """uint8 [0, 255] -> float [-1, 1] (detail 4)."""
-    return images_uint8.float().div_(127.5).sub_(1.0)
-
-
-def epoch_batches(n, batch_size, seed, epoch, seen, rank=0, world=1):
-    """This process's batches of sample indices, (steps, batch_size), for the rest of an epoch `seen` samples in.
-
-    The epoch's order is a permutation drawn from (--seed, epoch) alone, as torch's DistributedSampler draws it,
-    so a resumed run recreates it. Step k of an epoch uses positions [k*B*world, (k+1)*B*world) of the order,
-    process r every world-th of them from r: a run resumed with another batch size or number of processes
-    goes on from the same sample, and no sample is used twice or skipped. The rest of the epoch, fewer
-    samples than one step takes, is left out.
-    """
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))[seen:]
-    steps = len(order) // (batch_size * world)
-    return order[rank:steps * batch_size * world:world].view(steps, batch_size)
-
-
-class Position:
-    """Where a run is: optimizer steps taken, whole epochs done, and samples of the current epoch already used
-    (by all processes together). Saved in the checkpoint, so that a resumed run goes on from the same sample
-    whatever its batch size and number of processes."""
-
-    def __init__(self, n, batch_size, rank=0, world=1):
-        self.n, self.batch_size, self.rank, self.world = n, batch_size, rank, world
-        self.step, self.epoch, self.seen = 0, 0, 0
-
-    def steps_left_in_epoch(self):
-        return (self.n - self.seen) // (self.batch_size * self.world)
-
-    def batches(self, seed):
-        return epoch_batches(self.n, self.batch_size, seed, self.epoch, self.seen, self.rank, self.world)
-
-    def advance(self):
-        """One optimizer step done; the epoch ends when what is left of it is less than a step."""
-        self.step += 1
-        self.seen += self.batch_size * self.world
-        if self.steps_left_in_epoch() == 0:
-            self.epoch, self.seen = self.epoch + 1, 0
-
-    def last_step(self, epochs, max_steps, out):
-        """The step at which --epochs (the end of that epoch) or --max-steps (a total count) stops the run."""
-        last = self.step
-        if self.epoch < epochs:
-            last += self.steps_left_in_epoch() + (epochs - self.epoch - 1) * (self.n // (self.batch_size * self.world))
-        last = min(last, max_steps or last)
-        if last <= self.step:
-            fail(f"the run in {out} is already at step {self.step} (epoch {self.epoch}); "
-                 "raise --epochs or --max-steps to train further")
-        return last
-
-    def state(self):
-        return {"step": self.step, "epoch": self.epoch, "seen": self.seen, "world": self.world,
-                "batch_in_epoch": self.seen // (self.batch_size * self.world)}
-
-
-def restore(ckpt, args, models, pos):
-    """Continue from a checkpoint: weights, optimizer states, and the position in the data (said in one line
-    when the batch size or the number of processes changed)."""
-    G, D, opt_G, opt_D = models
-    G.load_state_dict(ckpt["G"])
-    D.load_state_dict(ckpt["D"])
-    opt_G.load_state_dict(ckpt["opt_G"])
-    opt_D.load_state_dict(ckpt["opt_D"])
-    for group in opt_G.param_groups + opt_D.param_groups:
-        group["lr"] = args.lr                                   # a resumed run may change the learning rate
-    pos.step, pos.epoch, pos.seen = ckpt["step"], ckpt["epoch"], ckpt["seen"]
-    before, now = (ckpt["world"], ckpt["args"]["batch_size"]), (pos.world, pos.batch_size)
-    if before != now and pos.rank == 0:
-        where = f"epoch {pos.epoch + 1} goes on from sample {pos.seen} of {pos.n}"
-        if pos.seen and pos.steps_left_in_epoch() == 0:
-            where = f"the {pos.n - pos.seen} samples left of epoch {pos.epoch + 1} are fewer than one step: it ends"
-        print(f"resuming with {now[0]} x {now[1]} samples a step instead of {before[0]} x {before[1]}: {where}")
-    if pos.seen and pos.steps_left_in_epoch() == 0:
-        pos.epoch, pos.seen = pos.epoch + 1, 0
+        return torchvision.datasets.MNIST(root, train=True, download=True).data
+    except Exception as e:                                      # no network, a firewall, damaged files...
+        cause = re.sub(r"^<urlopen error (\[Errno -?\d+\] )?|>$", "", str(e).strip().splitlines()[-1])[:60]
+        fail(f"no readable MNIST in {Path(root) / 'MNIST' / 'raw'} and no download ({cause}); put the unzipped "
+             "train-images-idx3-ubyte and train-labels-idx1-ubyte from the MNIST site there")
 
 
 def pick_device(name):
+    """--device: auto is cuda if available, else mps if available, else cpu."""
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+        return torch.device("cuda" if torch.cuda.is_available() else
+                            "mps" if torch.backends.mps.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
         fail(f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        fail(f"--device {name}: CUDA is not available on this machine (try --device cpu)")
+    if not {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}.get(device.type):
+        fail(f"--device {name}: {device.type.upper()} is not available on this machine (try --device cpu)")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         fail(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        fail(f"--device {name}: MPS is not available on this machine (try --device cpu)")
-    if device.type not in ("cpu", "cuda", "mps"):
-        fail(f"--device {name}: only cpu, cuda and mps are supported")
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)                           # first: nothing creates a context on GPU 0
     return device
 
 
-def check_amp(args, device):
-    """--amp (bfloat16 autocast) runs on CUDA and on CPUs; it is fast only on CPUs with bfloat16 instructions."""
-    if args.amp and device.type not in ("cpu", "cuda"):
-        fail(f"--amp needs a cpu or cuda device, not {device.type}")
-    capabilities = getattr(torch.cpu, "get_capabilities", dict)()  # missing in older torch: assume native
-    native = not capabilities or any(capabilities.get(k) for k in ("avx512_bf16", "amx_bf16"))
-    if args.amp and device.type == "cpu" and not native and int(os.environ.get("RANK", "0")) == 0:
+def precision(args, device):
+    """--amp: the autocast dtype (None: float32) and the gradient scaler (enabled for float16 only), said in one line.
+    auto is bfloat16 (float32's range, no scaler needed), float16 on GPUs before compute capability 8 (T4, V100)."""
+    if args.amp and device.type == "mps":
+        fail("--amp needs a cpu or cuda device, not mps")
+    major, minor = torch.cuda.get_device_capability(device) if args.amp and device.type == "cuda" else (8, 0)
+    dtype, why = {None: None, "fp16": torch.float16}.get(args.amp, torch.bfloat16), ""
+    if args.amp == "auto" and major < 8:
+        dtype, why = torch.float16, f" (cuda, compute capability {major}.{minor} has no native bfloat16)"
+    if dtype:
+        print("--amp: " + ("float16 autocast with a gradient scaler" if dtype == torch.float16 else "bfloat16 autocast")
+              + why)
+    cpu = getattr(torch.cpu, "get_capabilities", dict)()        # missing in older torch: assume native bfloat16
+    if dtype == torch.bfloat16 and device.type == "cpu" and cpu and not (cpu.get("avx512_bf16") or cpu.get("amx_bf16")):
         print("note: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX): --amp will be slower than fp32",
               file=sys.stderr)
+    return dtype, torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
 
-class StopSignals:
-    """Ctrl-C (SIGINT) and SIGTERM (sent by `kill`, schedulers and torchrun) ask the run to stop at the next step
-    boundary, save a checkpoint and exit with status 0. A repeat within a second is the same request arriving
-    twice (a signal to the whole process group reaches torchrun's children directly and again through
-    torchrun); a later one stops at once. The previous handlers come back on leaving the `with` block."""
-
-    def __enter__(self):
-        self.asked = None
-        self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def handle(self, signum, frame):
-        if self.asked is None:
-            self.asked = time.monotonic()
-        elif time.monotonic() - self.asked > 1.0:
-            signal.signal(signum, signal.SIG_DFL)
-            signal.raise_signal(signum)
-
-    def __bool__(self):
-        return self.asked is not None
-
-    def __exit__(self, *exc):
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
-
-
-CHECK_EVERY = 10  # steps between checks of the losses for NaN (one host sync) and, with torchrun, of stop signals
-
-
-def should_stop(signals, log, step, now=False):
-    """Whether to stop after this step: a stop signal came. The losses are checked too, every CHECK_EVERY
-    steps and (now=True) before each save: NaN or infinite losses end the run in one line, and the last
-    good checkpoint stays."""
-    if (now or step % CHECK_EVERY == 0) and not log.finite.item():
-        log.close(summary=False)
-        fail(f"losses became NaN or infinite by step {step}; the last good checkpoint is kept in {log.folder}")
-    return bool(signals)
-
-
-def save_checkpoint(path, state):
-    """Plain tensors and values only, so torch.load(..., weights_only=True) reads it back."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)                                       # atomic: a crash never leaves half a file
+def fail(message):
+    """Bad input ends here: one line on stderr, exit status 1, no traceback."""
+    raise SystemExit(f"{SCRIPT}.py: error: {message}")
 
 
 def load_checkpoint(path, args, device):
@@ -371,255 +262,145 @@ def load_checkpoint(path, args, device):
         fail(f"no checkpoint at {path} (train first, or point --out at a run folder)")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
+        owner = ckpt.get("script")
     except Exception as e:
         fail(f"cannot read checkpoint {path}: it is damaged or not a checkpoint ({type(e).__name__})")
-    if not isinstance(ckpt, dict) or ckpt.get("script") != SCRIPT:
-        owner = ckpt.get("script") if isinstance(ckpt, dict) else None
+    if owner != SCRIPT:
         fail(f"{path} was not written by {SCRIPT}.py" + (f" but by {owner}.py" if owner else ""))
     for flag in NETWORK_FLAGS:
-        theirs, ours = ckpt["args"][flag], getattr(args, flag)
+        theirs, ours = (" ".join(map(str, v)) if isinstance(v, list) else str(v)  # [1024, 1024] -> 1024 1024
+                        for v in (ckpt["args"][flag], getattr(args, flag)))
         if theirs != ours:
-            as_text = " ".join(map(str, theirs)) if isinstance(theirs, list) else theirs  # [1024, 1024] -> 1024 1024
-            ours_text = " ".join(map(str, ours)) if isinstance(ours, list) else ours
-            fail(f"{path} was trained with --{flag.replace('_', '-')} {as_text}, not {ours_text}; "
-                 "pass the same network flags")
+            fail(f"{path} was trained with --{flag.replace('_', '-')} {theirs}, not {ours}; pass the same network "
+                 "flags")
     return ckpt
 
 
 def open_run_folder(out, args, device):
-    """The checkpoint to resume or None; a new run must not overwrite an old one. --resume alone continues
-    from checkpoint.pt; --resume PATH from another checkpoint of the run, such as checkpoints/epoch_0007.pt to
-    roll back to before a collapse (the run in --out then goes on from there: its log is cut back to that step)."""
-    if out.exists() and not out.is_dir():
-        fail(f"--out {out} is a file, not a folder")
-    if not args.resume and (out / "checkpoint.pt").exists():
-        fail(f"--out {out} already holds a run (checkpoint.pt): continue it with --resume, or pick another --out")
+    """The checkpoint to resume (--resume: checkpoint.pt; --resume PATH: that one), or None for a new run."""
+    if out.is_file() or not args.resume and (out / "checkpoint.pt").exists():
+        fail(f"--out {out} is a file, not a folder" if out.is_file() else f"--out {out} already holds a run "
+             "(checkpoint.pt): continue it with --resume, or pick another --out")
     path = out / "checkpoint.pt" if args.resume is True else Path(args.resume or "")
     ckpt = load_checkpoint(path, args, device) if args.resume else None
-    if ckpt and "seen" not in ckpt:
-        fail(f"{path} comes from an older {SCRIPT}.py that did not save its place in the data; "
-             "--generate still reads it, training goes on only in a new --out")
+    if ckpt and ckpt["args"]["batch_size"] != args.batch_size:  # the place in an epoch is counted in batches
+        fail(f"{path} was trained with --batch-size {ckpt['args']['batch_size']}; resume with the same")
     (out / "samples").mkdir(parents=True, exist_ok=True)
     return ckpt
 
 
-D_WINS_STEPS = 300      # warn when D(G(z)) has averaged below D_WINS_BELOW over this many steps,
-D_WINS_BELOW = 0.05     # which makes G's gradient vanish (see "When training goes wrong" in the README)
-COLLAPSE = 1 / 3        # warn when the samples' diversity falls below this fraction of the run's best
-KEEP_EPOCHS = 3         # epoch checkpoints kept in checkpoints/ beside checkpoint.pt
-README = "see \"When training goes wrong\" in the README of this script's repository"
-
-
-def reopen_csv(path, columns, step):
-    """Open a CSV log of the run folder for appending: its header and the rows of steps up to `step` (a new run:
-    0), so that rows written after the checkpoint by a run killed before its next one are dropped."""
-    rows = []
-    if step and path.exists():
-        with open(path, newline="") as f:
-            rows = [row for row in list(csv.reader(f))[1:] if row and int(row[0]) <= step]
-    with open(path.with_name(path.name + ".tmp"), "w", newline="") as f:
-        csv.writer(f).writerows([columns] + rows)
-    os.replace(path.with_name(path.name + ".tmp"), path)
-    file = open(path, "a", newline="")
-    return file, csv.writer(file), rows
+def save_progress(out, args, models, log, **place):
+    """checkpoint.pt (atomic: .tmp, then renamed), at an epoch end copied to checkpoints/ (the last KEEP_EPOCHS;
+    later ones, from before a roll-back, go), then the fixed noise's grid. place: step, epoch, batch, rng, fixed_z."""
+    G, D, opt_G, opt_D, scaler = models
+    log.flush()                                                 # and NaN checked: no NaN reaches a checkpoint
+    torch.save({"script": SCRIPT, "args": vars(args), "G": G.state_dict(), "D": D.state_dict(),
+                "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(), "scaler": scaler.state_dict(), **place,
+                "time": time.perf_counter() - log.t0, "log_bytes": log.file.tell()}, out / "checkpoint.pt.tmp")
+    os.replace(out / "checkpoint.pt.tmp", out / "checkpoint.pt")
+    epoch, batch = place["epoch"], place["batch"]
+    if batch == 0:
+        (out / "checkpoints").mkdir(exist_ok=True)
+        shutil.copyfile(out / "checkpoint.pt", out / "checkpoints" / f"epoch_{epoch:04d}.pt")
+        for path in (out / "checkpoints").glob("epoch_*.pt"):
+            if not epoch - KEEP_EPOCHS < int(path.stem[6:]) <= epoch:
+                path.unlink()
+    grid = (sample(G, place["fixed_z"]).float() + 1) / 2        # (64, 1, 28, 28) in [0, 1]
+    save_image(grid, out / "samples" / f"epoch_{epoch + (batch > 0):04d}.png", nrow=8)
 
 
 class RunLog:
-    """log.csv, one row per step (losses, D(x), D(G(z)), seconds since the run began), and a progress line
-    every --log-every seconds. The stats stay on the device until then and are fetched with one .tolist():
-    one host sync per line, not per step. Only process 0 (lead) writes. On resume, the rows after the
-    checkpoint's step (logged by a run killed between two checkpoints) are dropped, so the log holds each
-    step once and agrees with the checkpoint. It also watches for the two failures a user should hear of at
-    once: D winning outright, and the samples collapsing (diversity.csv, one row per save)."""
+    """log.csv and a progress line every --log-every seconds; the stats stay on the device until then (one host
+    sync a line, not a step). On resume, log.csv is first cut to its length at the checkpoint (log_bytes)."""
 
-    COLUMNS = ["step", "epoch", "time", "loss_d", "loss_g", "d_real", "d_fake"]
-
-    def __init__(self, out, args, pos, last_step, elapsed, device, lead=True):
-        self.folder, self.args, self.last_step, self.lead = out, args, last_step, lead
-        self.pending, self.finite = [], torch.ones((), dtype=torch.bool, device=device)
-        self.t0 = time.perf_counter() - elapsed                 # the run's clock, carried across resumes
-        self.step = self.first_step = pos.step
+    def __init__(self, out, args, step, last_step, ckpt):
+        self.out, self.args, self.first_step, self.last_step = out, args, step, last_step
+        self.pending, self.recent, self.told = [], [], False
+        self.t0 = time.perf_counter() - (ckpt["time"] if ckpt else 0.0)  # the run's clock, across resumes
         self.t_first = self.t_line = time.perf_counter()
-        self.images_per_step = args.batch_size * pos.world
-        self.recent, self.d_wins_told, self.collapse_told = [], False, False
-        if lead:
-            self.file, self.csv, _ = reopen_csv(out / "log.csv", self.COLUMNS, pos.step)
-            self.diversity_file, self.diversity_csv, rows = reopen_csv(
-                out / "diversity.csv", ["step", "epoch", "diversity"], pos.step)
-            self.best_diversity = max((float(row[2]) for row in rows), default=0.0)
+        if ckpt and (out / "log.csv").is_file():                # drop the rows a killed run wrote after ckpt
+            os.truncate(out / "log.csv", ckpt["log_bytes"])
+        self.file = open(out / "log.csv", "a" if ckpt else "w")
+        self.file.write("" if self.file.tell() else "step,epoch,time,loss_d,loss_g,d_real,d_fake\n")
 
-    def record(self, stats, pos):
-        """Keep one step's (4,) stats; write them out when --log-every seconds have passed."""
-        self.finite = self.finite & stats.isfinite().all()
-        self.step = pos.step
-        if self.lead:
-            self.pending.append((pos.step, pos.epoch + (pos.seen > 0), time.perf_counter() - self.t0, stats))
-            if time.perf_counter() - self.t_line > self.args.log_every:
-                self.flush()
+    def record(self, step, epoch, stats):
+        self.pending.append((step, epoch, time.perf_counter() - self.t0, stats))
+        if time.perf_counter() - self.t_line > self.args.log_every:
+            self.flush()
 
     def flush(self):
         if not self.pending:
             return
         values = torch.stack([stats for *_, stats in self.pending]).tolist()  # the one host sync
-        self.csv.writerows([step, epoch, f"{t:.3f}", *(f"{v:.5f}" for v in row)]
-                           for (step, epoch, t, _), row in zip(self.pending, values))
+        self.file.writelines(f"{step},{epoch},{t:.3f}," + ",".join(f"{v:.5f}" for v in row) + "\n"
+                             for (step, epoch, t, _), row in zip(self.pending, values))
         self.file.flush()
-        step, epoch = self.pending[-1][:2]
-        loss_d, loss_g, d_real, d_fake = values[-1]
-        rate = (step - self.first_step) / (time.perf_counter() - self.t_first)
+        (step, epoch, *_), (loss_d, loss_g, d_real, d_fake) = self.pending[-1], values[-1]
+        if not math.isfinite(sum(map(sum, values))):            # the last good checkpoint stays
+            fail(f"losses became NaN or infinite by step {step}; the last good checkpoint is kept in {self.out}")
+        rate = (step - self.first_step) / (time.perf_counter() - self.t_first)  # steps/s
         print(f"epoch {epoch}/{self.args.epochs} step {step}/{self.last_step} | loss D {loss_d:.3f} G {loss_g:.3f}"
-              f" | D(x) {d_real:.2f} D(G(z)) {d_fake:.2f} | {rate * self.images_per_step:.0f} img/s | "
+              f" | D(x) {d_real:.2f} D(G(z)) {d_fake:.2f} | {rate * self.args.batch_size:.0f} img/s | "
               f"{(self.last_step - step) / rate / 60:.1f} min left", flush=True)
         self.pending, self.t_line = [], time.perf_counter()
-        self.watch_d(values, step)
+        self.recent = (self.recent + [row[3] for row in values])[-D_WINS_STEPS:]  # D(G(z)) of the last steps
+        if not self.told and len(self.recent) == D_WINS_STEPS and sum(self.recent) / D_WINS_STEPS < D_WINS_BELOW:
+            self.told = True                                    # said once a run
+            print(f"warning: D is winning outright: D(G(z)) averaged {sum(self.recent) / D_WINS_STEPS:.3f} over the "
+                  f"last {D_WINS_STEPS} steps (to step {step}), so G learns little; see \"When training goes wrong\" "
+                  "in the README of this script's repository", flush=True)
 
-    def watch_d(self, values, step):
-        """One line when D wins outright: D(G(z)) averaged below D_WINS_BELOW over the last D_WINS_STEPS steps.
-        D then tells every fake apart and G's loss is large while its gradient is small; said once, and again
-        only after D(G(z)) has recovered."""
-        self.recent = (self.recent + [row[3] for row in values])[-D_WINS_STEPS:]
-        d_fake = sum(self.recent) / len(self.recent)
-        winning = len(self.recent) == D_WINS_STEPS and d_fake < D_WINS_BELOW
-        if winning and not self.d_wins_told:
-            print(f"warning: D is winning outright: D(G(z)) averaged {d_fake:.3f} over the last {D_WINS_STEPS} "
-                  f"steps (to step {step}; G's loss {values[-1][1]:.2f}), so G learns little; {README}", flush=True)
-        self.d_wins_told = winning
 
-    def diversity(self, images, pos):
-        """diversity.csv: how different the fixed-noise samples are from one another at each save (the standard
-        deviation of each pixel across the samples, images in [0, 1], averaged over pixels; 0 when all are the
-        same). One line when it falls below COLLAPSE of the run's best, or below one grey level (1/255): the
-        samples have collapsed to a few images, or to one."""
-        value = images.float().std(dim=0).mean().item()
-        self.diversity_csv.writerow([pos.step, pos.epoch + (pos.seen > 0), f"{value:.5f}"])
-        self.diversity_file.flush()
-        collapsed = value < max(COLLAPSE * self.best_diversity, 1 / 255)
-        if collapsed and not self.collapse_told:
-            print(f"warning: the samples have collapsed: their diversity is {value:.4f} at step {pos.step}, "
-                  f"the run's best {self.best_diversity:.4f} (diversity.csv); {README}", flush=True)
-        self.collapse_told = collapsed
-        self.best_diversity = max(self.best_diversity, value)
+@contextlib.contextmanager
+def stop_signals():
+    """Ctrl-C and SIGTERM fill the list yielded: the run stops after the step. A repeat within a second is the same
+    request (sent to the process group, directly and through a launcher); a later one stops at once."""
+    asked = []
 
-    def seconds(self):
-        """Seconds of training in this run, across resumes."""
-        return time.perf_counter() - self.t0
-
-    def close(self, summary=True):
-        """Write what is pending; with summary, say how many steps this process trained and how fast."""
-        if not self.lead or self.file.closed:
-            return
-        self.flush()
-        self.file.close()
-        self.diversity_file.close()
-        if summary:
-            steps, seconds = self.step - self.first_step, time.perf_counter() - self.t_first
-            print(f"trained {steps} steps in {seconds:.1f} s ({steps * self.images_per_step / seconds:.0f} "
-                  f"images/s); run folder {self.folder}", flush=True)
+    def handle(signum, frame):
+        if asked and time.monotonic() - asked[0] > 1.0:
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+        asked.append(time.monotonic())
+    previous = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield asked
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def sample(G, z):
-    """G(z) for the sample grids and --generate, without gradients, with BatchNorm (where G has it) normalising
-    by the statistics of this batch of samples and its running statistics left untouched.
-
-    Why not eval mode (running statistics)? They start at mean 0 and variance 1 and follow the training batches
-    with momentum 0.1, so early in a run they are far from the statistics G's layers really produce and
-    eval-mode samples come out nearly flat. Batch statistics are right from the first step, and over 64 or
-    more samples a sample hardly depends on the others. Switching track_running_stats off for the call keeps
-    the running statistics (and so the checkpoint and the bit-for-bit resume) unchanged.
-    """
-    norms = [m for m in G.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
-    for m in norms:
-        m.track_running_stats = False
-    try:
-        with torch.no_grad():
-            return G.train()(z)
-    finally:
-        for m in norms:
-            m.track_running_stats = True
+    """G(z) for the sample grids and --generate, without gradients (G has no BatchNorm: nothing else to set)."""
+    with torch.no_grad():
+        return G(z)
 
 
-def write_gif(out):
-    """progress.gif: the fixed-noise grids of samples/, one frame per grid, at most 600 pixels a side (the
-    full-size grids stay in samples/). The GIF is written anew at every save, and GIF's colour reduction of
-    a 256x256 run's 2058-pixel grid takes most of a second a frame: 100 epochs would cost over a minute a save
-    and a GiB of frames in memory."""
-    frames = []
-    for path in sorted((out / "samples").glob("*.png")):
-        frame = torchvision.datasets.folder.pil_loader(str(path))
-        frame.thumbnail((600, 600))                             # keeps the aspect; smaller grids are left alone
-        frames.append(frame)
-    frames[0].save(out / "progress.gif", save_all=True, append_images=frames[1:], duration=200, loop=0)
-
-
-def keep_epoch_checkpoint(out, epoch):
-    """A copy of checkpoint.pt as checkpoints/epoch_NNNN.pt at each epoch end, to roll back to with --resume
-    PATH after a collapse. The last KEEP_EPOCHS are kept; older ones, and any of later epochs (from before a
-    roll-back), are deleted."""
-    folder = out / "checkpoints"
-    folder.mkdir(exist_ok=True)
-    shutil.copyfile(out / "checkpoint.pt", folder / f"epoch_{epoch:04d}.pt")
-    for path in folder.glob("epoch_*.pt"):
-        if not epoch - KEEP_EPOCHS < int(path.stem[6:]) <= epoch:
-            path.unlink()
-
-
-def save_progress(out, args, models, pos, rng_state, fixed_z, log):
-    """At each epoch end, at --max-steps and on a stop: the fixed-noise grid, its diversity, progress.gif and
-    checkpoint.pt (and at an epoch end a copy of it in checkpoints/)."""
-    if not log.lead:
-        return
-    log.flush()
-    G, D, opt_G, opt_D = models
-    grid = (sample(G, fixed_z).float() + 1) / 2                 # (64, C, H, W) in [0, 1]
-    save_image(grid, out / "samples" / f"epoch_{pos.epoch + (pos.seen > 0):04d}.png", nrow=8)
-    log.diversity(grid, pos)
-    write_gif(out)
-    save_checkpoint(out / "checkpoint.pt", {
-        "script": SCRIPT, "args": vars(args), "G": G.state_dict(), "D": D.state_dict(),
-        "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(), **pos.state(), "rng": rng_state,
-        "fixed_z": fixed_z, "time": log.seconds()})
-    if pos.seen == 0:
-        keep_epoch_checkpoint(out, pos.epoch)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Generating from a trained run, the flags, and the command line
-# ----------------------------------------------------------------------------------------------------------
 def generate(args):
-    """--generate N: N single PNGs in --out/generated/ (exactly N files, as FID tools expect of a folder) and a
-    grid of the first 64 beside it, generated_grid.png. Written chunk by chunk: memory does not grow with N.
-    z is drawn in chunks of max(64, --batch-size), so every image is normalised with at least 63 others."""
-    device = pick_device(args.device)
-    out = Path(args.out)
-    ckpt = load_checkpoint(out / "checkpoint.pt", args, device)
+    """--generate N: exactly N PNGs in --out/generated/ and generated_grid.png (the first 64), chunk by chunk so
+    memory does not grow with N; chunks of max(64, --batch-size): with BatchNorm, each image is normalised with 63
+    others or more. z is drawn as in training, on the CPU from --seed."""
+    device, out = pick_device(args.device), Path(args.out)
+    ckpt, (dtype, _) = load_checkpoint(out / "checkpoint.pt", args, device), precision(args, device)
     G = build(args, device)[0]
     G.load_state_dict(ckpt["G"])
-    rng = torch.Generator(device).manual_seed(args.seed)
-    folder = out / "generated"
-    folder.mkdir(parents=True, exist_ok=True)
-    chunk, first, seconds = max(64, args.batch_size), None, 0.0
+    rng, chunk, seconds = torch.Generator().manual_seed(args.seed), max(64, args.batch_size), 0.0
+    (out / "generated").mkdir(exist_ok=True)
     for start in range(0, args.generate, chunk):
-        z = noise(chunk, args, device, rng)
-        t = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+        z, t = noise(chunk, args, device, rng), time.perf_counter()
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             images = ((sample(G, z).float() + 1) / 2).clamp_(0, 1)[:args.generate - start].cpu()  # waits for G
         seconds += time.perf_counter() - t
         for i, image in enumerate(images):
-            save_image(image, folder / f"{start + i:06d}.png")
-        first = images[:64] if first is None else first
-    save_image(first, out / "generated_grid.png", nrow=8)
-    print(f"wrote {args.generate} images to {folder} and a grid of the first {len(first)} to "
+            save_image(image, out / "generated" / f"{start + i:06d}.png")
+        if start == 0:
+            save_image(images[:64], out / "generated_grid.png", nrow=8)
+    print(f"wrote {args.generate} images to {out / 'generated'} and a grid of the first {min(64, args.generate)} to "
           f"{out / 'generated_grid.png'} (G: {args.generate / seconds:.0f} images/s)")
 
 
-def fail(message):
-    """Bad input ends here: one line on stderr, exit status 1, no traceback."""
-    raise SystemExit(f"{SCRIPT}.py: error: {message}")
-
-
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", default="./data", help="MNIST root (holds MNIST/raw); downloaded there if missing")
     p.add_argument("--epochs", type=int, default=100, help="train until the end of this epoch")
     p.add_argument("--batch-size", type=int, default=128, help="images per step")
@@ -634,16 +415,15 @@ def parse_args(argv=None):
     p.add_argument("--out", default=f"runs/{SCRIPT}", help="run folder")
     p.add_argument("--max-steps", type=int, help="stop when the run's total step count reaches this")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
-                   help="continue the run in --out from its checkpoint.pt, or from CHECKPOINT (one of its "
-                        "checkpoints/epoch_NNNN.pt, to roll back)")
+                   help="continue the run in --out from checkpoint.pt, or from CHECKPOINT (checkpoints/epoch_NNNN.pt)")
     p.add_argument("--generate", type=int, metavar="N", help="write N images from --out/checkpoint.pt, no training")
-    p.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA and CPU)")
+    p.add_argument("--amp", nargs="?", const="auto", choices=["auto", "bf16", "fp16"],
+                   help="autocast on cpu and cuda; auto: bf16, or fp16 with a gradient scaler on GPUs before Ampere")
     p.add_argument("--log-every", type=float, default=5.0, help="seconds between progress lines")
     args = p.parse_args(argv)
     for flag in ("epochs", "batch_size", "lr", "z_dim", "max_steps", "generate", "log_every"):
-        value = getattr(args, flag)
-        if value is not None and value <= 0:
-            fail(f"--{flag.replace('_', '-')} must be positive, got {value}")
+        if getattr(args, flag) is not None and getattr(args, flag) <= 0:
+            fail(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
     if min(args.g_hidden + args.d_hidden) <= 0:
         fail("--g-hidden and --d-hidden take positive widths")
     return args
@@ -651,10 +431,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.generate:
-        generate(args)
-    else:
-        train(args)
+    generate(args) if args.generate else train(args)
 
 
 if __name__ == "__main__":

@@ -101,6 +101,7 @@ def main(argv=None):
     print(common.machine_line(common.machine_info()), flush=True)
     x = torch.rand(B, 3, 64, 64, device=device) * 2 - 1
     amp = torch.autocast(device.type, enabled=False)
+    scaler = torch.amp.GradScaler(device.type, enabled=False)  # fp32: the scripts' steps scale no gradients
 
     torch.manual_seed(0)
     G, D = dcgan64.Generator(ngf=args.width), dcgan64.Discriminator(ndf=args.width)
@@ -116,7 +117,7 @@ def main(argv=None):
     G, D, opt_G, opt_D = dcgan64.build(dcgan_args, device)
     x = x.contiguous(memory_format=torch.channels_last)
     ours = images_per_second(lambda: dcgan64.train_step(G, D, D, opt_G, opt_D, x,
-                                                        torch.randn(B, 100, 1, 1, device=device), amp),
+                                                        torch.randn(B, 100, 1, 1, device=device), amp, scaler),
                              B, args.warmup, args.steps)
     print(f"3x64x64, ngf = ndf = {args.width}, batch {B}, fp32, {args.warmup} warm-up + {args.steps} measured steps:")
     print(f"  plain tutorial-style step: {plain:.1f} images/s")
@@ -125,12 +126,12 @@ def main(argv=None):
     matmul, conv = matmul_gflops(device), conv_gflops(device)
     peak = max(matmul, conv)
     gan_flops = step_flops(lambda: dcgan64.train_step(G, D, D, opt_G, opt_D, x,
-                                                      torch.randn(B, 100, 1, 1, device=device), amp))
+                                                      torch.randn(B, 100, 1, 1, device=device), amp, scaler))
     v_args = vanilla_gan.parse_args(["--device", args.device])
     vG, vD, vopt_G, vopt_D = vanilla_gan.build(v_args, device)
     digits = torch.rand(B, 1, 28, 28, device=device) * 2 - 1
     v_flops = step_flops(lambda: vanilla_gan.train_step(vG, vD, vopt_G, vopt_D, digits,
-                                                        torch.randn(B, v_args.z_dim, device=device), amp))
+                                                        torch.randn(B, v_args.z_dim, device=device), amp, scaler))
     print(f"ceilings on this device: fp32 matrix product {matmul:.0f} GFLOP/s (2048^3), convolution {conv:.0f};")
     print(f"  dcgan64.py step {gan_flops / B / 1e9:.2f} GFLOP per image -> "
           f"at most {peak * 1e9 * B / gan_flops:.0f} images/s (the faster of the two);")

@@ -70,7 +70,8 @@ def setup(name, batch, device):
     x = x.contiguous(memory_format=torch.channels_last) if name.startswith("dcgan") else x
     frozen = ("D_frozen",) if "D_frozen" in inspect.signature(script.train_step).parameters else ()
     models = (G, D, *(D for _ in frozen), opt_G, opt_D)
-    return lambda amp: script.train_step(*models, x, script.noise(batch, args, device), amp)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)        # bf16 and fp32 steps: no gradient scaling
+    return lambda amp: script.train_step(*models, x, script.noise(batch, args, device), amp, scaler)
 
 
 def kernel_share(step, steps):

@@ -44,8 +44,9 @@ def notebook_build(args, device):
 
 
 def notebook_noise(n, args, device, rng=None):
-    """The notebook's sample_noise: z ~ U[-1, 1]."""
-    return torch.rand(n, args.z_dim, device=device, generator=rng) * 2 - 1
+    """The notebook's sample_noise: z ~ U[-1, 1], drawn on the CPU (rng is a CPU generator) as dcgan_mnist.noise
+    draws its z, then moved to the device."""
+    return (torch.rand(n, args.z_dim, generator=rng) * 2 - 1).to(device)
 
 
 def child(variant, argv):

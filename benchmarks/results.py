@@ -19,7 +19,8 @@ Sections (all by default; pick with --only quality losses):
 
 Outputs in benchmarks/results/ (--results to change): quality.md, quality.csv, quality_vs_time.png,
 losses_<script>.png (losses, D(x), D(G(z)) against steps), samples_<script>.png (the last fixed-noise grid),
-progress_<script>.gif (those grids over training), real_mnist.png, losses_3750.md.
+progress_<script>.gif (those grids over training, from a run folder's progress.gif where there is one),
+real_mnist.png, losses_3750.md.
 
 Expected duration on a 2-core CPU with nothing else running: printed at the start (a rough figure), and measured
 per script after its first epoch. --quick is a smoke run on tiny settings (seconds to a minute), for tests.
@@ -175,7 +176,8 @@ def quality_run(name, args, data, ys, results):
                   flush=True)
     grids = sorted((out / "samples").glob("*.png"))
     shutil.copy(grids[-1], results / f"samples_{name}.png")
-    shutil.copy(out / "progress.gif", results / f"progress_{name}.gif")
+    if (out / "progress.gif").exists():                         # the scripts no longer animate their grids
+        shutil.copy(out / "progress.gif", results / f"progress_{name}.gif")
     if name == "vanilla_gan" or not (results / "real_mnist.png").exists():
         shutil.copy(out / "real.png", results / "real_mnist.png")
     plot_losses(common.read_log(out / "log.csv"), results / f"losses_{name}.png", f"{name}.py (defaults)")

@@ -397,7 +397,8 @@ def generate(args):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", default="./data", help="MNIST root (holds MNIST/raw); downloaded there if missing")
     p.add_argument("--epochs", type=int, default=100, help="train until the end of this epoch")
     p.add_argument("--batch-size", type=int, default=128, help="images per step")

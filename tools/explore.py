@@ -294,11 +294,12 @@ def training_images(run, root, chunk, workers):
         data = m.load_mnist(root).unsqueeze(1)                      # (N, 1, 28, 28) uint8
         chunks = ((torch.arange(s, s + len(x)), x) for s, x in zip(range(0, len(data), chunk), data.split(chunk)))
         return chunks, lambda i: (data[i], f"MNIST training image {i}")
-    files = m.ImageFiles(m.find_images(root), run.args.channels)    # decoded, resized, cropped as in training
+    files = m.Photos(m.parse_args(["--data", str(root), "--channels", str(run.args.channels), "--batch-size", "1"]),
+                     0, 1, torch.device("cpu"))                     # decoded, resized, cropped as in training
 
     def chunks():
         start = 0
-        for x, skipped in DataLoader(files, batch_size=chunk, num_workers=workers):  # x: (b, C, S, S) uint8
+        for x, skipped, _ in DataLoader(files, batch_size=chunk, num_workers=workers):  # x: (b, C, S, S) uint8
             index = torch.arange(start, start + len(x))
             start += len(x)
             ok = skipped < 0                                        # an unreadable file's stand-in is left out

@@ -143,6 +143,7 @@ def main(argv=None):
     p.add_argument("--run", help="a dcgan64.py run folder or a dcgan/main.py --outf folder (default: new weights)")
     p.add_argument("--every", type=int, default=1, help="use every k-th of the run's saved states")
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--width", type=int, default=64, help="--ngf and --ndf (64: dcgan64.py's default networks)")
     args = p.parse_args(argv)
     print(common.machine_line(common.machine_info()), flush=True)
     x1, x2 = real_batches(args.mnist, args.batch_size, 2)
@@ -152,8 +153,8 @@ def main(argv=None):
     chosen = states(args.run)[::-1][::args.every][::-1]         # the last state always included
     for label, g_state, d_state in chosen:
         torch.manual_seed(0)
-        G = dcgan64.Generator(channels=1).to(memory_format=torch.channels_last)
-        D = dcgan64.Discriminator(channels=1).to(memory_format=torch.channels_last)
+        G = dcgan64.Generator(ngf=args.width, channels=1).to(memory_format=torch.channels_last)
+        D = dcgan64.Discriminator(ndf=args.width, channels=1).to(memory_format=torch.channels_last)
         G.apply(dcgan64.init_weights), D.apply(dcgan64.init_weights)
         if g_state is not None:
             G.load_state_dict(g_state), D.load_state_dict(d_state)

@@ -33,8 +33,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="auto", help="cuda, cuda:N, mps or cpu")
     p.add_argument("--steps", type=int, default=300, help="training steps of each run")
-    p.add_argument("--quick", action="store_true", help="tiny networks, 4 steps, no --compile, no vanilla_gan --amp: "
-                   "the tests' short run (tests/test_photo_reliability.py compiles)")
+    p.add_argument("--quick", action="store_true", help="tiny networks, 4 steps, one run of each script (--amp for "
+                   "dcgan64.py): the tests' short run (tests/test_photo_reliability.py compiles and caches)")
     p.add_argument("--work", help="folder for the data and the runs (default: a temporary one)")
     return p.parse_args(argv)
 
@@ -47,7 +47,7 @@ def runs(args):
              ("dcgan64 --compile", "dcgan64.py", photo + ["--compile"]), ("dcgan64 --cache", "dcgan64.py",
                                                                           photo + ["--cache"]),
              ("vanilla_gan fp32", "vanilla_gan.py", mnist), ("vanilla_gan --amp", "vanilla_gan.py", mnist + ["--amp"])]
-    return [run for run in every if not (args.quick and run[0] in ("dcgan64 --compile", "vanilla_gan --amp"))]
+    return [run for run in every if not args.quick or run[0] in ("dcgan64 --amp", "vanilla_gan fp32")]
 
 
 def train(script, flags, data, out, device, steps):
@@ -66,6 +66,10 @@ def train(script, flags, data, out, device, steps):
     amp = next((line.split(": ", 1)[1] for line in stdout.splitlines() if line.startswith("--amp: ")), "fp32")
     finite = all(torch.isfinite(torch.tensor([r["loss_d"], r["loss_g"]])).all() for r in rows)
     return rate, amp, finite
+
+
+def run_folder(work, name):
+    return work / name.replace(" ", "_").replace("--", "")
 
 
 def stop_time(data, out, device, quick):
@@ -104,7 +108,7 @@ def main(argv=None):
     verdicts = []
     for name, script, flags in runs(args):
         result = train(script, flags, photos if script == "dcgan64.py" else digits,
-                       work / name.replace(" ", "_").replace("--", ""), device, steps)
+                       run_folder(work, name), device, steps)
         if isinstance(result, str):
             refused = device.startswith("mps") and "--amp" in flags and "--amp needs a cpu or cuda device" in result
             verdicts.append((name, "ok (refused on MPS, as designed)" if refused else result))
@@ -112,8 +116,9 @@ def main(argv=None):
         rate, amp, finite = result
         print(f"{name}: {rate:.0f} images/s, {amp}, losses {'finite' if finite else 'NOT finite'}", flush=True)
         verdicts.append((name, "ok" if finite else "losses became NaN or infinite"))
-    moved = train("dcgan64.py", runs(args)[0][2] + ["--resume"], photos, work / "dcgan64_fp32", "cpu", steps + 2)
-    verdicts.append((f"dcgan64 fp32 run on {device} resumed on cpu",
+    first = runs(args)[0]
+    moved = train("dcgan64.py", first[2] + ["--resume"], photos, run_folder(work, first[0]), "cpu", steps + 2)
+    verdicts.append((f"{first[0]} run on {device} resumed on cpu",
                      "ok" if not isinstance(moved, str) and moved[2] else moved if isinstance(moved, str)
                      else "losses became NaN or infinite"))
     if device.startswith("mps"):

@@ -212,6 +212,8 @@ def train(args):
         for net, key in ((G, "G"), (D, "D"), (opt_G, "opt_G"), (opt_D, "opt_D")):
             net.load_state_dict(ckpt[key])
         scaler.load_state_dict(ckpt["scaler"] or scaler.state_dict())  # {}: saved without float16
+        for group in opt_G.param_groups + opt_D.param_groups:
+            group["lr"] = args.lr                               # a resumed run may change the learning rate
         rng.set_state(ckpt["rng"][rank].cpu())
         step, epoch, batch, fixed_z = ckpt["step"], ckpt["epoch"], ckpt["batch"], ckpt["fixed_z"].cpu()
     last = step + data.steps - batch + (args.epochs - epoch - 1) * data.steps if epoch < args.epochs else step

@@ -185,3 +185,11 @@ def test_nan_losses_stop_the_run_and_keep_the_checkpoint(trained, photo_folder, 
     assert re.fullmatch(r"dcgan64.py: error: losses became NaN or infinite at step \d+; the last good checkpoint"
                         r" is kept in \S+", message), message
     assert (out / "checkpoint.pt").read_bytes() == before
+
+
+def test_a_resume_may_lower_the_learning_rate(trained, photo_folder, tmp_path):
+    shutil.copytree(trained[0], tmp_path / "run")
+    dcgan64.main(["--data", str(photo_folder), "--out", str(tmp_path / "run"), "--resume", "--epochs", "3",
+                  "--lr", "1e-4", "--workers", "0", *SMALL])
+    ckpt = load_checkpoint(tmp_path / "run")
+    assert ckpt["step"] == 12 and {g["lr"] for o in ("opt_G", "opt_D") for g in ckpt[o]["param_groups"]} == {1e-4}

@@ -318,3 +318,85 @@ def test_ceilings_quick_run_measures_an_mlp_and_the_256_networks(tmp_path):
     assert all(float(r[3]) > 0 and float(r[6].split("% of ")[0]) >= 0 and float(r[6].split("% of ")[1]) > 0
                for r in rows)
     assert [r[8].endswith("x) |") for r in rows] == [False, False, True, True]  # plain step: photo networks only
+
+
+# failure_rate.py's scripts as it sees them: per-step statistics (D(G(z)) 0.001 for a dead seed 1, 0.3 otherwise)
+# and a sample grid copied from GRID, in milliseconds. The peer prints its line for a step, then writes its grid at
+# the first batch of each epoch (3 steps here); ours takes --lr-d only to tell a variant's flags reach it.
+FAKE_FAILING_PEER = """import argparse, shutil
+p = argparse.ArgumentParser()
+for flag in ("--dataset", "--dataroot", "--batchSize", "--workers", "--niter", "--outf", "--manualSeed"):
+    p.add_argument(flag)
+opt = p.parse_args()
+for step in range(100):
+    epoch, i = divmod(step, 3)
+    print('[%d/%d][%d/%d] Loss_D: 0.1 Loss_G: 5.0 D(x): 0.99 D(G(z)): %.4f / 0.0001'
+          % (epoch, 9, i, 3, 0.001 if opt.manualSeed == "1" else 0.3), flush=True)
+    if i == 0:
+        shutil.copy({grid!r}, f"{{opt.outf}}/fake_samples_epoch_{{epoch:03d}}.png")
+"""
+FAKE_FAILING_OURS = """import argparse, pathlib, shutil
+p = argparse.ArgumentParser()
+for flag in ("--data", "--channels", "--out", "--batch-size", "--seed", "--max-steps", "--epochs", "--log-every",
+             "--workers", "--lr-d"):
+    p.add_argument(flag)
+p.add_argument("--cache", action="store_true")
+a = p.parse_args()
+out = pathlib.Path(a.out)
+(out / "samples").mkdir()
+shutil.copy({grid!r}, out / "samples" / "epoch_0001.png")
+d_fake = 0.001 if a.seed == "1" and not a.lr_d else 0.3
+rows = [f"{{s}},1,0.1,0.1,5.0,0.99,{{d_fake}}" for s in range(1, int(a.max_steps) + 1)]
+(out / "log.csv").write_text("\\n".join(["step,epoch,time,loss_d,loss_g,d_real,d_fake", *rows]) + "\\n")
+"""
+
+
+def test_failure_rate_classifies_runs_from_d_of_g_of_z_and_adds_variants(tiny_mnist, tmp_path):
+    import failure_rate
+    lo, hi = failure_rate.clopper_pearson(0, 16)
+    assert lo == 0 and hi == pytest.approx(1 - 0.025 ** (1 / 16), abs=1e-9)  # closed form when none failed
+    assert failure_rate.clopper_pearson(16, 16)[0] == pytest.approx(0.025 ** (1 / 16), abs=1e-9)
+    assert failure_rate.clopper_pearson(5, 16) == pytest.approx((0.1102, 0.5866), abs=1e-4)  # tables' values
+    assert failure_rate.seeds("3-5") == [3, 4, 5] and failure_rate.seeds("7") == [7]
+    line = "[1/25][4/78] Loss_D: 0.5000 Loss_G: 7.7000 D(x): 0.9900 D(G(z)): 0.0040 / 0.0010\n"
+    assert failure_rate.parse_peer(["Using device: cpu\n", line]) == [
+        dict(step=83, epoch=2, loss_d=0.5, loss_g=7.7, d_real=0.99, d_fake=0.004)]  # D(G(z)) of D's step
+
+    torchvision.utils.save_image(torch.rand(128, 1, 8, 8), tmp_path / "peer.png")  # 16 rows of 8 samples
+    torchvision.utils.save_image(torch.rand(64, 1, 8, 8), tmp_path / "ours.png")
+    main_py = tmp_path / "examples" / "dcgan" / "main.py"
+    main_py.parent.mkdir(parents=True)
+    main_py.write_text(FAKE_FAILING_PEER.format(grid=str(tmp_path / "peer.png")))
+    (tmp_path / "ours.py").write_text(FAKE_FAILING_OURS.format(grid=str(tmp_path / "ours.png")))
+    common_args = ["--examples", str(tmp_path / "examples"), "--mnist", str(tiny_mnist), "--ours",
+                   str(tmp_path / "ours.py"), "--steps", "4", "--window", "2", "--warn-window", "2", "--warn-from",
+                   "2", "--warn-by", "3", "--work", str(tmp_path / "work"), "--results", str(tmp_path / "res")]
+    failure_rate.main([*common_args, "--seeds", "1-2"])
+    with open(tmp_path / "work" / "peer_seed1_steps4_threads1" / "log.csv") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [1, 2, 3, 4]  # stopped after step 5 was printed
+    for run in ("default_seed1", "default_seed2", "peer_seed1", "peer_seed2"):  # the first 64 samples, halved
+        grid = tmp_path / "res" / "failure_rate" / f"{run}_steps4_threads1.png"
+        assert torchvision.io.decode_image(str(grid)).shape[1:] == (41, 41)
+    (tmp_path / "res" / "failure_rate.md").write_text((tmp_path / "res" / "failure_rate.md").read_text()
+                                                      + "\n## Notes\n\nseen on the grids\n")
+    failure_rate.main([*common_args, "--seeds", "1-2", "--peer-seeds", "--variant", "ttur", "--flags=--lr-d 1e-4"])
+    with open(tmp_path / "res" / "failure_rate.csv") as f:
+        rows = {(r["variant"], r["seed"]): r for r in csv.DictReader(f)}
+    assert len(rows) == 6 and rows["default", "1"]["outcome"] == rows["peer", "1"]["outcome"] == "dead"
+    assert rows["default", "1"]["warn_step"] == "2" and rows["default", "2"]["warn_step"] == ""
+    assert rows["ttur", "1"]["outcome"] == "alive" and rows["ttur", "1"]["flags"] == "--lr-d 1e-4"
+    md = (tmp_path / "res" / "failure_rate.md").read_text()
+    assert "| dcgan64.py | default |  | 2 | 1 | 50% [1%, 99%] | 4 | 1 | 1 |" in md
+    assert "| dcgan64.py | ttur | `--lr-d 1e-4` | 2 | 0 | 0% [0%, 84%] | 4 | 1 | none |" in md
+    assert "| peer | peer |  | 2 | 1 |" in md and "Fired on 2/2 dead runs and 0/4 alive runs" in md
+    assert md.endswith("## Notes\n\nseen on the grids\n")       # kept when the tables are written again
+
+
+def test_device_check_quick_run_passes_every_check_on_the_cpu(tmp_path, capsys):
+    verdicts = device_check.main(["--device", "cpu", "--quick", "--work", str(tmp_path)])
+    assert [name for name, _ in verdicts] == ["dcgan64 --amp", "vanilla_gan fp32", "dcgan64 --amp run on cpu resumed on cpu",
+                                              "stop under torchrun"]
+    assert all(verdict == "ok" for _, verdict in verdicts), verdicts
+    out = capsys.readouterr().out
+    assert "dcgan64 --amp: " in out and "bfloat16 autocast, losses finite" in out
+    assert "stop under torchrun: checkpoint saved" in out

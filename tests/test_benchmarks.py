@@ -17,6 +17,7 @@ import baseline_dcgan64
 import bf16_gradients
 import ceilings
 import decode
+import device_check
 import learning_dcgan64
 import mnist_quality
 import notebook_choices
@@ -268,7 +269,7 @@ def test_learning_benchmark_scores_the_peers_epochs_and_our_steps(patterns, yard
     (tmp_path / "peer").mkdir()
     ends = learning_dcgan64.train_peer(main_py, root, tmp_path / "peer", 1, args)
     assert sorted(ends) == [1, 2, 3, 4, 5, 6] and ends[1] == 0  # 1-based steps across epochs, from step 1's end
-    assert ends[6] == pytest.approx(0.25, rel=0.5)
+    assert ends[6] >= 0.25                                      # 5 steps of 0.05 s after step 1 (more on a busy CPU)
     peer_g = learning_dcgan64.peer_generator(tmp_path / "peer", 2)  # after 2 epochs: netG_epoch_1.pth
     torch.manual_seed(1)
     assert all(torch.equal(a, b) for a, b in zip(peer_g.state_dict().values(),
@@ -290,7 +291,7 @@ def test_learning_benchmark_scores_the_peers_epochs_and_our_steps(patterns, yard
 
 def test_bf16_gradients_come_back_to_fp32_when_every_layer_is_kept_in_fp32(patterns, capsys):
     torch.manual_seed(0)
-    G, D = bf16_gradients.dcgan64.Generator(channels=1), bf16_gradients.dcgan64.Discriminator(channels=1)
+    G, D = bf16_gradients.dcgan64.Generator(ngf=8, channels=1), bf16_gradients.dcgan64.Discriminator(ndf=8, channels=1)
     x, z = bf16_gradients.real_batches(patterns, 4, 1)[0], torch.randn(4, 100, 1, 1)
     ref = bf16_gradients.gradients(G, D, x, z, amp=False)
     layers = list(G.net)
@@ -301,7 +302,7 @@ def test_bf16_gradients_come_back_to_fp32_when_every_layer_is_kept_in_fp32(patte
     assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(ref, wrapped))
     bf16 = bf16_gradients.gradients(G, D, x, z, amp=True)
     assert 1e-4 < bf16_gradients.compare(bf16[0], ref[0])[0] < 0.5  # bf16 moves D's gradient, a little
-    bf16_gradients.main(["--mnist", str(patterns), "--batch-size", "4"])
+    bf16_gradients.main(["--mnist", str(patterns), "--batch-size", "4", "--width", "8"])
     out = capsys.readouterr().out
     assert all(f"| {name} |" in out for name in ["other batch", *bf16_gradients.VARIANTS])
 

@@ -17,7 +17,6 @@ import baseline_dcgan64
 import bf16_gradients
 import ceilings
 import decode
-import device_check
 import learning_dcgan64
 import mnist_quality
 import notebook_choices
@@ -392,12 +391,3 @@ def test_failure_rate_classifies_runs_from_d_of_g_of_z_and_adds_variants(tiny_mn
     assert "| peer | peer |  | 2 | 1 |" in md and "Fired on 2/2 dead runs and 0/4 alive runs" in md
     assert md.endswith("## Notes\n\nseen on the grids\n")       # kept when the tables are written again
 
-
-def test_device_check_quick_run_passes_every_check_on_the_cpu(tmp_path, capsys):
-    verdicts = device_check.main(["--device", "cpu", "--quick", "--work", str(tmp_path)])
-    assert [name for name, _ in verdicts] == ["dcgan64 --amp", "vanilla_gan fp32", "dcgan64 --amp run on cpu resumed on cpu",
-                                              "stop under torchrun"]
-    assert all(verdict == "ok" for _, verdict in verdicts), verdicts
-    out = capsys.readouterr().out
-    assert "dcgan64 --amp: " in out and "bfloat16 autocast, losses finite" in out
-    assert "stop under torchrun: checkpoint saved" in out

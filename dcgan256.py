@@ -664,6 +664,8 @@ def parse_args(argv=None):
     for flag in ("epochs", "batch_size", "lr", "z_dim", "ngf", "ndf", "max_steps", "generate", "log_every"):
         if getattr(args, flag) is not None and not getattr(args, flag) > 0:  # NaN too
             fail(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
+    if args.compile and args.compile not in torch.compiler.list_backends(exclude_tags=()):
+        fail(f"--compile {args.compile}: not a torch.compile backend ({', '.join(torch.compiler.list_backends())})")
     return args if args.workers >= 0 else fail(f"--workers must be 0 or more, got {args.workers}")
 
 

@@ -148,6 +148,7 @@ def test_bad_flags_and_devices(tmp_path):
         fails_with([flag, value], "must be")
     if not torch.cuda.is_available():
         fails_with(["--device", "cuda", "--out", tmp_path], "--device cuda: not available here")
+    fails_with(["--compile", "nosuchbackend"], "--compile nosuchbackend: not a torch.compile backend (")
     fails_with(["--device", "tpu", "--out", tmp_path], "unknown device 'tpu' (use auto, cpu, cuda, cuda:N or mps)")
     (tmp_path / "file").write_text("")
     fails_with(["--out", tmp_path / "file"], "is a file")

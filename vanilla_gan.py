@@ -420,7 +420,7 @@ def parse_args(argv=None):
     p.add_argument("--log-every", type=float, default=5.0, help="seconds between progress lines")
     args = p.parse_args(argv)
     for flag in ("epochs", "batch_size", "lr", "z_dim", "max_steps", "generate", "log_every"):
-        if getattr(args, flag) is not None and getattr(args, flag) <= 0:
+        if getattr(args, flag) is not None and not getattr(args, flag) > 0:  # NaN too
             fail(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
     if min(args.g_hidden + args.d_hidden) <= 0:
         fail("--g-hidden and --d-hidden take positive widths")

@@ -143,7 +143,7 @@ def test_bad_data_folders(photo_folder, tmp_path):
 
 
 def test_bad_flags_and_devices(tmp_path):
-    for flag, value in [("--batch-size", "0"), ("--lr", "-1"), ("--epochs", "0"), ("--max-steps", "0"),
+    for flag, value in [("--batch-size", "0"), ("--lr", "-1"), ("--lr", "nan"), ("--epochs", "0"), ("--max-steps", "0"),
                         ("--generate", "0"), ("--ngf", "0"), ("--workers", "-1")]:
         fails_with([flag, value], "must be")
     if not torch.cuda.is_available():

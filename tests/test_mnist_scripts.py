@@ -233,6 +233,7 @@ def test_generate_writes_exactly_n_images_and_the_grid_beside_them(script, tiny_
     (["--batch-size", "0"], "--batch-size must be positive"),
     (["--epochs", "-1"], "--epochs must be positive"),
     (["--lr", "0"], "--lr must be positive"),
+    (["--lr", "nan"], "--lr must be positive, got nan"),
     (["--max-steps", "0"], "--max-steps must be positive"),
     (["--device", "tpu"], "unknown device"),
     (["--generate", "3"], "no checkpoint at"),

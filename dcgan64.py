@@ -10,10 +10,8 @@ figure 1 (--ngf 128 --ndf 128). Both tables are in the README.
     python dcgan64.py --generate 1000                          # images from --out/checkpoint.pt
     torchrun --standalone --nproc_per_node 4 dcgan64.py --data ./celeba      # 4 GPUs, --batch-size each
 
-Run folder (--out): real.png, samples/epoch_NNNN.png (the same fixed noise at each epoch end), log.csv (losses,
-D(x), D(G(z)) a step), checkpoint.pt (a resume goes on bit for bit on CPU; on GPUs autotuning, TF32 and
-non-deterministic kernels make it the same run, not the same bits), checkpoints/epoch_NNNN.pt (the last 3
-epochs', to roll back to: --resume PATH), generated/ (--generate). tools/report.py plots and checks a run.
+Run folder (--out): real.png, samples/epoch_NNNN.png (fixed noise), log.csv (a row a step), checkpoint.pt (resumes
+bit for bit on CPU), checkpoints/ (the last 3 epochs, for --resume PATH), generated/. tools/report.py checks a run.
 
 Implementation details, each tied to the paper (section numbers of arXiv:1511.06434 unless said otherwise):
  1. The minimax game V(D, G) = E_x[log D(x)] + E_z[log(1 - D(G(z)))] (Goodfellow eq. 1), one D step then one
@@ -34,12 +32,7 @@ Implementation details, each tied to the paper (section numbers of arXiv:1511.06
  9. Weights from N(0, 0.02) (section 4); BatchNorm scales from N(1, 0.02), biases 0 (the tutorial's choice).
 10. Adam, lr 0.0002, beta1 0.5 ("0.9 resulted in training oscillation and instability", section 4); batch 128.
 """
-import argparse
-import csv
-import os
-import shutil
-import signal
-import time
+import argparse, copy, os, shutil, signal, time  # noqa: E401 (the standard library)
 from pathlib import Path
 
 import torch
@@ -68,29 +61,21 @@ KEEP_EPOCHS = 3                         # epoch checkpoints kept in checkpoints/
 # ---- Networks (figure 1 of the paper). B is the batch size, C = --channels ---------------------------------
 class Generator(nn.Module):
     """z (B, z_dim, 1, 1) -> image (B, C, 64, 64) in [-1, 1]. Shapes below for --ngf 64; 128 doubles widths.
-
-    Every transposed convolution is 4x4: stride 1 without padding takes 1x1 to 4x4, stride 2 with padding 1
-    doubles the size. No convolution has a bias: the BatchNorm after it has one (the output layer's bias is
-    left out as in the tutorial). act="leaky" is the faces project's table exactly: LeakyReLU(0.2) after every
-    layer, the output layer included, and no Tanh (its outputs are then not bounded to [-1, 1]).
-    """
+    4x4 transposed convolutions: stride 1 without padding takes 1x1 to 4x4, stride 2 with padding 1 doubles the
+    size. No bias: the BatchNorm after has one (and none on the output, as in the tutorial). act: detail 6."""
 
     def __init__(self, z_dim=100, ngf=64, channels=3, act="relu"):
         super().__init__()
         relu = (lambda: nn.ReLU(inplace=True)) if act == "relu" else (lambda: nn.LeakyReLU(0.2, inplace=True))
         self.net = nn.Sequential(                                 # input z: (B, 100, 1, 1)
             nn.ConvTranspose2d(z_dim, ngf * 8, 4, 1, 0, bias=False),  # (B, 512, 4, 4): "project and reshape"
-            nn.BatchNorm2d(ngf * 8),                                # (B, 512, 4, 4)
-            relu(),                                                 # (B, 512, 4, 4)
+            nn.BatchNorm2d(ngf * 8), relu(),                        # (B, 512, 4, 4)
             nn.ConvTranspose2d(ngf * 8, ngf * 4, 4, 2, 1, bias=False),  # (B, 256, 8, 8)
-            nn.BatchNorm2d(ngf * 4),                                # (B, 256, 8, 8)
-            relu(),                                                 # (B, 256, 8, 8)
+            nn.BatchNorm2d(ngf * 4), relu(),                        # (B, 256, 8, 8)
             nn.ConvTranspose2d(ngf * 4, ngf * 2, 4, 2, 1, bias=False),  # (B, 128, 16, 16)
-            nn.BatchNorm2d(ngf * 2),                                # (B, 128, 16, 16)
-            relu(),                                                 # (B, 128, 16, 16)
+            nn.BatchNorm2d(ngf * 2), relu(),                        # (B, 128, 16, 16)
             nn.ConvTranspose2d(ngf * 2, ngf, 4, 2, 1, bias=False),  # (B, 64, 32, 32)
-            nn.BatchNorm2d(ngf),                                    # (B, 64, 32, 32)
-            relu(),                                                 # (B, 64, 32, 32)
+            nn.BatchNorm2d(ngf), relu(),                            # (B, 64, 32, 32)
             nn.ConvTranspose2d(ngf, channels, 4, 2, 1, bias=False),  # (B, C, 64, 64): no BatchNorm (detail 5)
             nn.Tanh() if act == "relu" else relu(),                 # (B, C, 64, 64), in [-1, 1] with Tanh (detail 6)
         )
@@ -100,12 +85,9 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """image (B, C, 64, 64) -> logit (B,). Shapes below for --ndf 64; 128 doubles widths.
-
-    4x4 convolutions with stride 2 and padding 1 halve the size (no pooling, detail 4); the last 4x4
-    convolution without padding takes 4x4 to 1x1. The tables write a Sigmoid at the end: it is inside the
-    loss here (detail 3).
-    """
+    """image (B, C, 64, 64) -> logit (B,). Shapes below for --ndf 64; 128 doubles widths. 4x4 convolutions with
+    stride 2 and padding 1 halve the size (no pooling, detail 4); the last, without padding, takes 4x4 to 1x1.
+    The tables' final Sigmoid is inside the loss (detail 3)."""
 
     def __init__(self, ndf=64, channels=3):
         super().__init__()
@@ -113,14 +95,11 @@ class Discriminator(nn.Module):
             nn.Conv2d(channels, ndf, 4, 2, 1, bias=False),          # (B, 64, 32, 32): no BatchNorm (detail 5)
             nn.LeakyReLU(0.2, inplace=True),                        # (B, 64, 32, 32)
             nn.Conv2d(ndf, ndf * 2, 4, 2, 1, bias=False),           # (B, 128, 16, 16)
-            nn.BatchNorm2d(ndf * 2),                                # (B, 128, 16, 16)
-            nn.LeakyReLU(0.2, inplace=True),                        # (B, 128, 16, 16)
+            nn.BatchNorm2d(ndf * 2), nn.LeakyReLU(0.2, inplace=True),  # (B, 128, 16, 16)
             nn.Conv2d(ndf * 2, ndf * 4, 4, 2, 1, bias=False),       # (B, 256, 8, 8)
-            nn.BatchNorm2d(ndf * 4),                                # (B, 256, 8, 8)
-            nn.LeakyReLU(0.2, inplace=True),                        # (B, 256, 8, 8)
+            nn.BatchNorm2d(ndf * 4), nn.LeakyReLU(0.2, inplace=True),  # (B, 256, 8, 8)
             nn.Conv2d(ndf * 4, ndf * 8, 4, 2, 1, bias=False),       # (B, 512, 4, 4)
-            nn.BatchNorm2d(ndf * 8),                                # (B, 512, 4, 4)
-            nn.LeakyReLU(0.2, inplace=True),                        # (B, 512, 4, 4)
+            nn.BatchNorm2d(ndf * 8), nn.LeakyReLU(0.2, inplace=True),  # (B, 512, 4, 4)
             nn.Conv2d(ndf * 8, 1, 4, 1, 0, bias=False),             # (B, 1, 1, 1): the logit of D(x)
         )
 
@@ -130,16 +109,15 @@ class Discriminator(nn.Module):
 
 def init_weights(module):
     """Detail 9: convolution weights ~ N(0, 0.02); BatchNorm scale ~ N(1, 0.02), shift 0."""
-    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
-        nn.init.normal_(module.weight, 0.0, 0.02)
-    elif isinstance(module, nn.BatchNorm2d):
-        nn.init.normal_(module.weight, 1.0, 0.02)
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d)):
+        nn.init.normal_(module.weight, 1.0 if isinstance(module, nn.BatchNorm2d) else 0.0, 0.02)
+    if isinstance(module, nn.BatchNorm2d):
         nn.init.zeros_(module.bias)
 
 
 def noise(n, args, device, rng=None):
-    """n samples of z ~ N(0, I), the prior p_z, as 1x1 images (n, z_dim, 1, 1) on device. Drawn on the CPU: a seed
-    means the same z on every device, and a run's noise stream moves with its checkpoint between devices."""
+    """n samples of z ~ N(0, I), the prior p_z, as 1x1 images (n, z_dim, 1, 1) on device. Drawn on the CPU (rng is
+    a CPU generator), so that a seed means the same z on every device."""
     pin = torch.device(device).type == "cuda"
     return torch.randn(n, args.z_dim, 1, 1, generator=rng, pin_memory=pin).to(device, non_blocking=pin)
 
@@ -155,20 +133,16 @@ def build(args, device):
 # ---- Losses and one iteration of Algorithm 1 (Goodfellow et al., with the DCGAN settings) ------------------
 def train_step(G, D, D_frozen, opt_G, opt_D, x, z, amp, scaler):
     """One iteration of Algorithm 1 with k = 1: a D step, then a G step, on real x (B, C, 64, 64) and noise z.
-
-    G and D may be wrapped (DDP, torch.compile); D_frozen is D without DDP, for the G step, where D's weights get
-    no gradient (DDP would wait for them). amp: the autocast context; scaler: a GradScaler, active for float16
-    only (it scales the losses so that small gradients do not underflow). Returns loss of D, loss of G, D(x)
-    and D(G(z)) as a (4,) tensor left on the device (no host sync).
-    """
+    G and D may be wrapped (DDP, torch.compile); D_frozen is D without DDP, for the G step (DDP would wait for D's
+    gradients). amp: the autocast context; scaler: a GradScaler, active for float16 only (small gradients would
+    underflow). Returns loss_D, loss_G, D(x), D(G(z)): (4,), on the device."""
     ones = torch.ones(len(x), device=x.device)                  # (B,) target "real"
     zeros = torch.zeros(len(x), device=x.device)                # (B,) target "fake"
     with amp:
         fake = G(z)                                             # (B, C, 64, 64), used by both steps
         # -- D step (Algorithm 1, ascend the gradient of eq. 1): maximise log D(x) + log(1 - D(G(z))), i.e.
         # minimise BCE(D(x), 1) + BCE(D(G(z)), 0). Real and fake go through D separately, so each BatchNorm
-        # normalises an all-real or an all-fake batch, as in the paper and the tutorial. fake.detach(): G is
-        # not updated here.
+        # normalises an all-real or an all-fake batch, as in the tutorial. detach(): G is not updated here.
         real_logits = D(x).float()                              # (B,)
         fake_logits = D(fake.detach()).float()                  # (B,)
         loss_d = (F.binary_cross_entropy_with_logits(real_logits, ones)
@@ -177,9 +151,8 @@ def train_step(G, D, D_frozen, opt_G, opt_D, x, z, amp, scaler):
     scaler.scale(loss_d).backward()                             # DDP: D's gradients averaged over processes
     scaler.step(opt_D)                                          # Adam, detail 10
 
-    # -- G step (Goodfellow section 3, non-saturating): maximise log D(G(z)), i.e. minimise BCE(D(G(z)), 1),
-    # instead of minimising log(1 - D(G(z))). The fake batch is reused, through the updated D; D is frozen so
-    # no D weight gradient is computed.
+    # -- G step (Goodfellow section 3, non-saturating): maximise log D(G(z)), i.e. minimise BCE(D(G(z)), 1), not
+    # log(1 - D(G(z))). The fake batch is reused, through the updated D, frozen: no D weight gradient is computed.
     D_frozen.requires_grad_(False)
     with amp:
         gen_logits = D_frozen(fake).float()                     # (B,)
@@ -205,7 +178,6 @@ def train(args):
     data = Photos(args, rank, world, device)
     torch.manual_seed(args.seed)                                # initial weights, the same in every process
     G, D, opt_G, opt_D = build(args, device)
-    rng = torch.Generator().manual_seed(args.seed + rank)      # z for training: a stream per process
     fixed_z = noise(64, args, "cpu", torch.Generator().manual_seed(args.seed))  # the grids' z, every epoch
     step = epoch = batch = 0                                    # where the run is: batch = steps into the epoch
     if ckpt:                                                    # go on: weights, optimizers, loss scale, noise
@@ -214,7 +186,6 @@ def train(args):
         scaler.load_state_dict(ckpt["scaler"] or scaler.state_dict())  # {}: saved without float16
         for group in opt_G.param_groups + opt_D.param_groups:
             group["lr"] = args.lr                               # a resumed run may change the learning rate
-        rng.set_state(ckpt["rng"][rank].cpu())
         step, epoch, batch, fixed_z = ckpt["step"], ckpt["epoch"], ckpt["batch"], ckpt["fixed_z"].cpu()
     last = step + data.steps - batch + (args.epochs - epoch - 1) * data.steps if epoch < args.epochs else step
     last = min(last, args.max_steps or last)
@@ -228,11 +199,13 @@ def train(args):
     with Stopper() as stopper:
         while step < last and not stopping:
             for images in data.epoch(epoch, batch):             # (B, C, 64, 64) uint8, the rest of this epoch
-                x = to_model_range(images, device)              # (B, C, 64, 64) real images in [-1, 1]
+                x = images.to(device, non_blocking=images.is_pinned()).contiguous(memory_format=memory_format(device))
+                x = x.float().div_(127.5).sub_(1.0)             # (B, C, 64, 64) real images in [-1, 1] (detail 8)
+                rng = torch.Generator().manual_seed(hash((args.seed, rank, step)))  # from these alone: no state
                 z = noise(len(x), args, device, rng)            # (B, 100, 1, 1) ~ N(0, I)
                 stats = train_step(G_train, D_train, D_frozen, opt_G, opt_D, x, z, amp, scaler)  # (4,)
                 step, batch = step + 1, batch + 1
-                if log:
+                if log:                                         # process 0 keeps the log
                     log.record(step, epoch + 1, stats)
                 stopping = stopper.check(stats, step, world, out)  # the same answer in every process
                 if stopping or step == last:
@@ -240,7 +213,7 @@ def train(args):
             if batch >= data.steps:
                 epoch, batch = epoch + 1, 0
             stopper.read(*stopper.pending)                      # never save weights from NaN losses
-            save(out, args, (G, D, opt_G, opt_D, scaler), (step, epoch, batch), rng, fixed_z, log, world)
+            save(out, args, (G, D, opt_G, opt_D, scaler), (step, epoch, batch), fixed_z, log, world)
     if log:
         log.close()
     if world > 1:
@@ -253,7 +226,7 @@ EXIF_TRANSPOSE = {2: 0, 3: 3, 4: 1, 5: 5, 6: 4, 7: 6, 8: 2}     # EXIF orientati
 
 def load_image(path, channels):
     """An image file -> uint8 (channels, S, S), S = IMAGE_SIZE, upright as its EXIF says; raises if unreadable.
-    torchvision decodes JPEG, PNG, WebP and GIF faster than PIL; PIL does the rest, or all without torchvision's."""
+    torchvision decodes JPEG, PNG, WebP and GIF fast; PIL the rest, or all when torchvision's decoders are gone."""
     try:
         if decode_image is None:
             raise RuntimeError("torchvision has no image decoders")
@@ -329,8 +302,7 @@ def name_skipped(photos, skipped, why):
 
 
 def cache_images(photos, device):
-    """--cache: every image decoded once into one preallocated uint8 tensor (N, C, S, S), no second copy (a stand-in
-    fills an unreadable file's row); on the GPU if it fits twice: a fast GPU then never waits for the decoder."""
+    """--cache: every image decoded once into one uint8 tensor (N, C, S, S), on the GPU if it fits twice there."""
     t, start = time.perf_counter(), 0
     cache = torch.empty(len(photos), photos.args.channels, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)
     for images, skipped, why in DataLoader(photos, 256, num_workers=photos.args.workers, worker_init_fn=ignore_signals):
@@ -344,21 +316,14 @@ def cache_images(photos, device):
 
 
 def ignore_signals(worker_id):
-    """DataLoader workers leave Ctrl-C and SIGTERM (also to the process group) to the trainer, which finishes its
-    step, saves, then stops them: a worker killed first would end the run unsaved."""
+    """Workers leave Ctrl-C and SIGTERM (sent to the process group too) to the trainer, which saves, then stops them."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def to_model_range(images, device):
-    """uint8 [0, 255] -> float [-1, 1] on the device (detail 8), copied asynchronously only from pinned memory."""
-    x = images.to(device, non_blocking=images.is_pinned()).contiguous(memory_format=memory_format(device))
-    return x.float().div_(127.5).sub_(1.0)
-
-
 def memory_format(device):
-    """Channels-last, the layout convolutions are fastest in, on CPU and CUDA; not on MPS, where it has corrupted
-    BatchNorm gradients (pytorch issue 175189) and slowed the convolution backward about 30x."""
+    """Channels-last (fastest for convolutions) on CPU and CUDA; not on MPS, where it corrupted BatchNorm gradients
+    (pytorch issue 175189) and slowed the convolution backward about 30x."""
     return torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
 
 
@@ -376,8 +341,7 @@ def pick_device(name, world=1):
 
 
 def setup(args):
-    """(rank, world size, device), from the device the run resolves to. Under torchrun (WORLD_SIZE > 1) join the
-    process group: NCCL between GPUs, one a process (LOCAL_RANK), gloo between CPUs."""
+    """(rank, world size, device). Under torchrun (WORLD_SIZE > 1): NCCL between GPUs (LOCAL_RANK's), or gloo."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     device = pick_device(args.device, world)
     device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if world > 1 and device.type == "cuda" else device
@@ -390,36 +354,30 @@ def setup(args):
 
 
 def wrap(G, D, args, world):
-    """(G, D, D without DDP for the G step), compiled with --compile. Under torchrun DDP averages the gradients and
-    BatchNorm keeps per-process statistics, as the paper's one GPU did. D's running statistics are never used:
-    not broadcasting them also spares DDP a change in place of a tensor D's first pass saved (an error in 2.5)."""
-    nets = DistributedDataParallel(G) if world > 1 else G, DistributedDataParallel(
-        D, broadcast_buffers=False) if world > 1 else D, D
-    return tuple(torch.compile(net, backend=args.compile) for net in nets) if args.compile else nets
+    """(G, D, D without DDP for the G step), compiled with --compile. Under torchrun DDP averages the gradients;
+    BatchNorm keeps per-process statistics, as on the paper's one GPU. D's running statistics are never used (and
+    broadcasting them changes in place a tensor D's first pass saved: an error in torch 2.5)."""
+    nets = (DistributedDataParallel(G), DistributedDataParallel(D, broadcast_buffers=False)) if world > 1 else (G, D)
+    return tuple(torch.compile(net, backend=args.compile) if args.compile else net for net in (*nets, D))
 
 
 def amp_dtype(args, device, rank=0):
-    """--amp's autocast dtype (None without it), said in one line: bfloat16 where native, on CPUs (slower than fp32
-    without AVX512-BF16 or AMX) and NVIDIA GPUs from Ampere (compute capability 8) on; float16 with the gradient
-    scaler on older GPUs (T4, V100), whose bfloat16 is emulated, without cuDNN convolutions. Or forced."""
+    """--amp's autocast dtype (None without it), said in one line: bfloat16 on CPUs and on NVIDIA GPUs from Ampere
+    (compute capability 8) on; float16 with the gradient scaler on older GPUs (T4, V100), whose bfloat16 is emulated."""
     if args.amp and device.type == "mps":
         fail("--amp needs a cpu or cuda device, not mps")
     half = args.amp == "fp16" or args.amp == "auto" and device.type == "cuda" and (
         torch.cuda.get_device_capability(device)[0] < 8)
-    caps = getattr(torch.cpu, "get_capabilities", dict)()
-    slow = device.type == "cpu" and caps and not (half or caps.get("avx512_bf16") or caps.get("amx_bf16"))
     if args.amp and rank == 0:
-        print("--amp: " + ("float16 autocast with a gradient scaler" if half else "bfloat16 autocast")
-              + " (this CPU has no bfloat16 instructions: slower than fp32)" * bool(slow), flush=True)
+        print("--amp: " + ("float16 autocast with a gradient scaler" if half else "bfloat16 autocast"), flush=True)
     return (torch.float16 if half else torch.bfloat16) if args.amp else None
 
 
 class Stopper:
-    """Ctrl-C and SIGTERM (kill, schedulers, torchrun) end the run at a step boundary: it saves and exits 0. NaN
-    or infinite losses end it in one line, the last good checkpoint kept. Every process stops at the same step:
-    each step's flag (2: a loss not finite, 1: stop asked) is all-reduced during the next step and read after it,
-    so nobody waits to decide. A repeat within a second is one request arriving twice (to the process group and
-    through torchrun); a later one stops at once."""
+    """Ctrl-C and SIGTERM (kill, schedulers, torchrun) end the run after a step, saved, exit 0; NaN or infinite
+    losses in one line, the last good checkpoint kept. A step's flag (2: loss not finite, 1: stop asked) is all-
+    reduced during the next step and read after it: all processes stop at the same step, and none waits. A repeat
+    within a second is the same request twice (process group, torchrun); a later one stops at once."""
 
     def __enter__(self):
         self.asked, self.pending = None, None
@@ -432,8 +390,7 @@ class Stopper:
             signal.raise_signal(signum)
         self.asked = self.asked or time.monotonic()
 
-    def check(self, stats, step, world, out):
-        """After each step: whether to stop now, from the previous step's flag; this step's waits for the next."""
+    def check(self, stats, step, world, out):                   # after each step: stop now? (the previous flag)
         flag = (~stats.isfinite().all()) * 2.0 + bool(self.asked)
         work = dist.all_reduce(flag, op=dist.ReduceOp.MAX, async_op=True) if world > 1 else None
         previous, self.pending = self.pending, (flag, work, step, out)
@@ -441,7 +398,7 @@ class Stopper:
 
     def read(self, flag, work, step, out):
         if work:
-            work.wait()
+            work.wait()                                         # the all-reduce of this flag
         if flag.item() >= 2:
             fail(f"losses became NaN or infinite at step {step}; the last good checkpoint is kept in {out}")
         return flag.item() == 1
@@ -451,19 +408,15 @@ class Stopper:
             signal.signal(s, handler)
 
 
-def save(out, args, models, where, rng, fixed_z, log, world):
-    """At each epoch end, at the last step and on a stop: checkpoint.pt first (torchrun kills 30 s after a stop),
-    atomically, for torch.load(weights_only=True); then the grid; at an epoch end a copy kept in checkpoints/."""
-    rngs = [rng.get_state()] * world
-    if world > 1:
-        dist.all_gather_object(rngs, rng.get_state())           # every process's noise stream
-    if not log:
+def save(out, args, models, where, fixed_z, log, world):
+    """checkpoint.pt first (torchrun kills 30 s after a stop), atomically; then the grid; at an epoch end a copy."""
+    if not log:                                                 # process 0 saves
         return
     (G, D, opt_G, opt_D, scaler), (step, epoch, batch) = models, where
     log.flush()
     torch.save({"script": SCRIPT, "args": vars(args), "G": G.state_dict(), "D": D.state_dict(), "step": step,
                 "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(), "scaler": scaler.state_dict(),
-                "epoch": epoch, "batch": batch, "world": world, "rng": rngs, "fixed_z": fixed_z,
+                "epoch": epoch, "batch": batch, "world": world, "fixed_z": fixed_z,
                 "time": time.perf_counter() - log.t0, "log_bytes": log.file.tell()}, out / "checkpoint.tmp")
     os.replace(out / "checkpoint.tmp", out / "checkpoint.pt")   # a kill never leaves half a checkpoint
     grid = (sample(G, fixed_z.to(next(G.parameters()).device)).float() + 1) / 2  # (64, C, S, S) in [0, 1]
@@ -477,17 +430,9 @@ def save(out, args, models, where, rng, fixed_z, log, world):
 
 
 def sample(G, z):
-    """G(z) without gradients, BatchNorm normalising by this batch of samples, its running statistics untouched:
-    they start at mean 0, variance 1 and follow the training batches with momentum 0.1, so early on they are far
-    from what G's layers produce and eval-mode samples come out nearly flat."""
-    norms = [m for m in G.modules() if isinstance(m, nn.BatchNorm2d)]
-    for m in norms:
-        m.track_running_stats = False
+    """G(z) without gradients, BatchNorm in train mode on a copy of G: early on, eval-mode samples come out flat."""
     with torch.no_grad():
-        images = G.train()(z)
-    for m in norms:
-        m.track_running_stats = True
-    return images
+        return copy.deepcopy(G).train()(z)
 
 
 def load_checkpoint(path, args, device):
@@ -508,12 +453,10 @@ def load_checkpoint(path, args, device):
 
 
 def open_run(out, args, device, world):
-    """The checkpoint to resume (--resume: checkpoint.pt; --resume PATH: e.g. checkpoints/epoch_0007.pt to roll
-    back to), or None; a new run never overwrites one. Same batch size and processes, or one line."""
-    if out.exists() and not out.is_dir():
-        fail(f"--out {out} is a file, not a folder")
-    if not args.resume and (out / "checkpoint.pt").exists():
-        fail(f"--out {out} already holds a run (checkpoint.pt): continue it with --resume, or pick another --out")
+    """The checkpoint to go on from (--resume: --out's, --resume PATH: e.g. checkpoints/epoch_0007.pt), or None."""
+    if out.exists() and not out.is_dir() or not args.resume and (out / "checkpoint.pt").exists():
+        fail(f"--out {out} is a file, not a folder" if out.is_file() else f"--out {out} already holds a run "
+             "(checkpoint.pt): continue it with --resume, or pick another --out")
     (out / "samples").mkdir(parents=True, exist_ok=True)
     path = out / "checkpoint.pt" if args.resume is True else Path(args.resume or "")
     ckpt = load_checkpoint(path, args, device) if args.resume else None
@@ -525,21 +468,20 @@ def open_run(out, args, device, world):
 
 
 class RunLog:
-    """log.csv, a row a step, and a progress line every --log-every seconds (process 0): stats stay on the device
-    until then, one host sync a line. On resume log.csv is cut back to its length at the checkpoint."""
+    """log.csv, a row a step, and a progress line every --log-every seconds (process 0): the stats stay on the
+    device until then, one host sync a line. On resume log.csv is first cut back to its length at the checkpoint."""
 
     def __init__(self, path, args, step, last, ckpt, world):
         if ckpt:
-            os.truncate(path, ckpt["log_bytes"])
-        else:
-            path.write_text("step,epoch,time,loss_d,loss_g,d_real,d_fake\n")
-        self.file, self.args, self.first, self.step, self.last = open(path, "a", newline=""), args, step, step, last
+            os.truncate(path, ckpt["log_bytes"])                # the rows a killed run wrote after its checkpoint
+        self.file = open(path, "a" if ckpt else "w")
+        self.file.write("" if ckpt else "step,epoch,time,loss_d,loss_g,d_real,d_fake\n")
+        self.args, self.first, self.step, self.last, self.images = args, step, step, last, args.batch_size * world
         self.t0 = time.perf_counter() - (ckpt["time"] if ckpt else 0.0)  # the run's clock, across resumes
-        self.t_first = self.t_line = time.perf_counter()
-        self.rows, self.d_fake, self.images_per_step = [], [], args.batch_size * world
+        self.t_first, self.t_line, self.rows, self.d_fake = time.perf_counter(), time.perf_counter(), [], []
 
     def record(self, step, epoch, stats):
-        self.rows.append((step, epoch, f"{time.perf_counter() - self.t0:.3f}", stats))
+        self.rows.append((step, epoch, time.perf_counter() - self.t0, stats))
         if time.perf_counter() - self.t_line > self.args.log_every:
             self.flush()
 
@@ -547,54 +489,52 @@ class RunLog:
         if not self.rows:
             return
         values = torch.stack([row[3] for row in self.rows]).tolist()  # the one host sync
-        csv.writer(self.file, lineterminator="\n").writerows([*row[:3], *(f"{v:.5f}" for v in row_values)]
-                                                             for row, row_values in zip(self.rows, values))
+        self.file.writelines(f"{step},{epoch},{t:.3f}," + ",".join(f"{v:.5f}" for v in row) + "\n"
+                             for (step, epoch, t, _), row in zip(self.rows, values))
         self.file.flush()
         (self.step, epoch, *_), (loss_d, loss_g, d_real, d_fake) = self.rows[-1], values[-1]
-        step, rate = self.step, (self.step - self.first) / (time.perf_counter() - self.t_first)
-        print(f"epoch {epoch}/{self.args.epochs} step {step}/{self.last} | loss D {loss_d:.3f} G {loss_g:.3f} | "
-              f"D(x) {d_real:.2f} D(G(z)) {d_fake:.2f} | {rate * self.images_per_step:.0f} img/s | "
-              f"{(self.last - step) / rate / 60:.1f} min left", flush=True)
-        self.d_fake = warn_if_d_wins(self.d_fake + [row_values[3] for row_values in values], step)
+        steps_per_s = (self.step - self.first) / (time.perf_counter() - self.t_first)
+        print(f"epoch {epoch}/{self.args.epochs} step {self.step}/{self.last} | loss D {loss_d:.3f} G {loss_g:.3f} | "
+              f"D(x) {d_real:.2f} D(G(z)) {d_fake:.2f} | {steps_per_s * self.images:.0f} img/s | "
+              f"{(self.last - self.step) / steps_per_s / 60:.1f} min left", flush=True)
+        self.d_fake = warn_if_d_wins(self.d_fake + [row[3] for row in values], self.step)
         self.rows, self.t_line = [], time.perf_counter()
 
     def close(self):
         self.flush()
         self.file.close()
         steps, seconds = self.step - self.first, time.perf_counter() - self.t_first
-        print(f"trained {steps} steps in {seconds:.1f} s ({steps * self.images_per_step / seconds:.0f} images/s); "
-              f"run folder {Path(self.file.name).parent}", flush=True)
+        print(f"trained {steps} steps in {seconds:.1f} s ({steps * self.images / seconds:.0f} images/s); run folder "
+              f"{Path(self.file.name).parent}", flush=True)
 
 
 def warn_if_d_wins(d_fake, step):
-    """One line when D wins outright: D(G(z)) averaged below D_WINS_BELOW over D_WINS_STEPS steps, when G's
-    gradient all but vanishes and a run rarely recovers. Returns the D(G(z)) history to keep."""
-    if len(d_fake) >= D_WINS_STEPS and sum(d_fake[-D_WINS_STEPS:]) / D_WINS_STEPS < D_WINS_BELOW:
-        print(f"warning: D is winning outright: D(G(z)) averaged below {D_WINS_BELOW} over {D_WINS_STEPS} steps to "
-              f"step {step}, so G learns little; see the README's 'When training goes wrong'", flush=True)
-        return []                                               # at most once every D_WINS_STEPS steps
-    return d_fake[-D_WINS_STEPS:]
+    """One line when D wins outright: D(G(z)) averaged below D_WINS_BELOW over D_WINS_STEPS steps; G's gradient
+    then all but vanishes, and a run rarely recovers. Returns the D(G(z)) history to keep."""
+    if len(d_fake) < D_WINS_STEPS or sum(d_fake[-D_WINS_STEPS:]) / D_WINS_STEPS >= D_WINS_BELOW:
+        return d_fake[-D_WINS_STEPS:]
+    print(f"warning: D is winning outright: D(G(z)) averaged below {D_WINS_BELOW} over {D_WINS_STEPS} steps to step "
+          f"{step}, so G learns little; see the README's 'When training goes wrong'", flush=True)
+    return []                                                   # at most once every D_WINS_STEPS steps
 
 
 def generate(args):
-    """--generate N: exactly N PNGs in --out/generated/ (as FID tools expect) and a grid of the first 64 beside
-    it, chunk by chunk (memory does not grow with N); z from --seed on the CPU: the same images on any device."""
+    """--generate N: N PNGs in --out/generated/ (as FID tools expect) and a grid, chunk by chunk; z from --seed."""
     device, out = setup(args)[2], Path(args.out)
     G = build(args, device)[0]
     G.load_state_dict(load_checkpoint(out / "checkpoint.pt", args, device)["G"])
-    dtype, rng, chunk, first, seconds = amp_dtype(args, device), torch.Generator().manual_seed(args.seed), max(
-        64, args.batch_size), None, 0.0                        # chunks of 64 at least: see sample()
+    dtype, rng, seconds = amp_dtype(args, device), torch.Generator().manual_seed(args.seed), 0.0
     (out / "generated").mkdir(parents=True, exist_ok=True)
-    for start in range(0, args.generate, chunk):
-        z, t = noise(chunk, args, device, rng), time.perf_counter()
+    for start in range(0, args.generate, max(64, args.batch_size)):  # chunks of 64 at least: see sample()
+        z, t = noise(max(64, args.batch_size), args, device, rng), time.perf_counter()
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             images = ((sample(G, z).float() + 1) / 2).clamp_(0, 1)[:args.generate - start].cpu()  # waits for G
         seconds += time.perf_counter() - t
         for i, image in enumerate(images):
             save_image(image, out / "generated" / f"{start + i:06d}.png")
-        first = images[:64] if first is None else first
-    save_image(first, out / "generated_grid.png", nrow=8)
-    print(f"wrote {args.generate} images to {out / 'generated'} and a grid of the first {len(first)} to "
+        if start == 0:
+            save_image(images[:64], out / "generated_grid.png", nrow=8)
+    print(f"wrote {args.generate} images to {out / 'generated'} and a grid of the first {min(64, args.generate)} to "
           f"{out / 'generated_grid.png'} (G: {args.generate / seconds:.0f} images/s)")
 
 
@@ -622,11 +562,9 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="initial weights, noise and data order all come from it")
     p.add_argument("--out", default=f"runs/{SCRIPT}", help="run folder")
     p.add_argument("--max-steps", type=int, help="stop when the run's total step count reaches this")
-    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
-                   help="continue the run in --out from its checkpoint.pt, or from CHECKPOINT (to roll back)")
+    p.add_argument("--resume", nargs="?", const=True, metavar="CKPT", help="continue the run in --out, or from CKPT")
     p.add_argument("--generate", type=int, metavar="N", help="write N images from --out/checkpoint.pt, no training")
-    p.add_argument("--amp", nargs="?", const="auto", choices=["auto", "bf16", "fp16"],
-                   help="mixed precision: bfloat16 where native, else float16 with a gradient scaler; or force one")
+    p.add_argument("--amp", nargs="?", const="auto", choices=["auto", "bf16", "fp16"], help="bf16, fp16 before Ampere")
     p.add_argument("--log-every", type=float, default=5.0, help="seconds between progress lines")
     args = p.parse_args(argv)
     for flag in ("epochs", "batch_size", "lr", "z_dim", "ngf", "ndf", "max_steps", "generate", "log_every"):

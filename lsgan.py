@@ -29,7 +29,7 @@ Implementation details, each tied to the paper:
  4. Real pixels are scaled to [-1, 1] to match G's Tanh output.
  5. Adam (lr 1e-3, beta1 0.5), as in the CS231n notebook (the paper: lr 2e-4 for its LSUN nets).
 """
-import argparse, contextlib, math, os, re, shutil, signal, sys, time  # noqa: E401 (the standard library)
+import argparse, contextlib, math, os, shutil, signal, time  # noqa: E401 (the standard library)
 from pathlib import Path
 
 import torch
@@ -43,11 +43,10 @@ NETWORK_FLAGS = ("z_dim", "g_hidden", "d_hidden", "g_act")  # must match between
 D_WINS_STEPS = 300      # warn when D(G(z)) has averaged below D_WINS_BELOW over this many steps,
 D_WINS_BELOW = 0.05     # which makes G's gradient vanish (see "When training goes wrong" in the README)
 KEEP_EPOCHS = 3         # epoch checkpoints kept in checkpoints/ beside checkpoint.pt
+PARTS = ("G", "D", "opt_G", "opt_D", "scaler")  # the checkpoint's names for what train() keeps state in
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Networks: the CS231n notebook's MLPs by default, the Simple GAN's through the flags. B is the batch size.
-# ----------------------------------------------------------------------------------------------------------
+# ---- Networks: the CS231n notebook's MLPs, or the Simple GAN's through flags. B is the batch size --------
 class Generator(nn.Module):
     """z -> image. CS231n: Linear z->1024, ReLU, Linear 1024->1024, ReLU, Linear 1024->784, Tanh."""
 
@@ -103,9 +102,7 @@ def build(args, device):
     return G, D, opt_G, opt_D
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Losses (Mao et al. eq. 9) and one iteration of Algorithm 1 of Goodfellow et al.
-# ----------------------------------------------------------------------------------------------------------
+# ---- Losses (Mao et al. eq. 9) and one iteration of Algorithm 1 of Goodfellow et al. ---------------------
 def train_step(G, D, opt_G, opt_D, x, z, amp, scaler):
     """One D step, then one G step (Goodfellow et al. Algorithm 1, k = 1) with the losses of eq. 9, on real x
     (B, 1, 28, 28) and noise z.
@@ -146,12 +143,10 @@ def train_step(G, D, opt_G, opt_D, x, z, amp, scaler):
     return torch.stack([loss_d.detach(), loss_g.detach(), d_x, d_g_z])
 
 
-# ----------------------------------------------------------------------------------------------------------
-# The training loop
-# ----------------------------------------------------------------------------------------------------------
+# ---- The training loop -----------------------------------------------------------------------------------
 def train(args):
     device, out = pick_device(args.device), Path(args.out)
-    ckpt = open_run_folder(out, args, device)                   # None for a new run
+    ckpt = open_run(args, device)                               # None for a new run
     dtype, scaler = precision(args, device)
     amp = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
     data = load_mnist(args.data).to(device)                     # (N, 28, 28) uint8, on the device once
@@ -164,20 +159,19 @@ def train(args):
     fixed_z = noise(64, args, device, torch.Generator().manual_seed(args.seed))  # the grids' z, every epoch
     step = epoch = batch = 0                                    # steps, whole epochs, batches of this epoch done
     if ckpt:
-        for part, key in zip((G, D, opt_G, opt_D), ("G", "D", "opt_G", "opt_D")):
-            part.load_state_dict(ckpt[key])
+        for part, key in zip((G, D, opt_G, opt_D, scaler), PARTS):
+            if ckpt[key]:                                       # a disabled scaler saved an empty state
+                part.load_state_dict(ckpt[key])
         for group in opt_G.param_groups + opt_D.param_groups:
             group["lr"] = args.lr                               # a resumed run may change the learning rate
-        if ckpt["scaler"]:                                      # empty when saved by a disabled scaler
-            scaler.load_state_dict(ckpt["scaler"])
         rng.set_state(ckpt["rng"].cpu())
         fixed_z, step, epoch, batch = ckpt["fixed_z"], ckpt["step"], ckpt["epoch"], ckpt["batch"]
     last_step = min(args.max_steps or math.inf, args.epochs * per_epoch)
     if last_step <= step:
         fail(f"the run in {out} is already at step {step} (epoch {epoch}); raise --epochs or --max-steps")
+    (out / "samples").mkdir(parents=True, exist_ok=True)
     log = RunLog(out, args, step, last_step, ckpt)
-    if not ckpt:
-        save_image(data[:64].unsqueeze(1) / 255, out / "real.png", nrow=8)  # (64, 1, 28, 28) in [0, 1]
+    save_image(data[:64].unsqueeze(1) / 255, out / "real.png", nrow=8)  # (64, 1, 28, 28) in [0, 1]
 
     with stop_signals() as signals:
         while step < last_step and not signals:
@@ -201,34 +195,30 @@ def train(args):
           f"images/s); run folder {out}", flush=True)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Plumbing: data, devices, checkpoints, the run folder and its log, stopping, generating, flags
-# ----------------------------------------------------------------------------------------------------------
+# ---- Plumbing: data, devices, the run folder (checkpoints, log), stopping, generating, flags -------------
 def load_mnist(root):
-    """MNIST's training images as one uint8 tensor (N, 28, 28), downloaded by torchvision into root if missing."""
+    """MNIST's training images, (N, 28, 28) uint8, downloaded by torchvision into root if missing."""
     try:
         return torchvision.datasets.MNIST(root, train=True, download=True).data
     except Exception as e:                                      # no network, a firewall, damaged files...
-        cause = re.sub(r"^<urlopen error (\[Errno -?\d+\] )?|>$", "", str(e).strip().splitlines()[-1])[:60]
+        cause = str(e).strip().split("\n")[-1][:60]             # torchvision's last line says why
         fail(f"no readable MNIST in {Path(root) / 'MNIST' / 'raw'} and no download ({cause}); put the unzipped "
              "train-images-idx3-ubyte and train-labels-idx1-ubyte from the MNIST site there")
 
 
 def pick_device(name):
     """--device: auto is cuda if available, else mps if available, else cpu."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else
-                            "mps" if torch.backends.mps.is_available() else "cpu")
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     try:
-        device = torch.device(name)
+        device = torch.device(next(d for d in ("cuda", "mps", "cpu") if available[d]) if name == "auto" else name)
     except RuntimeError:
         fail(f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)")
-    if not {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}.get(device.type):
+    if not available.get(device.type):
         fail(f"--device {name}: {device.type.upper()} is not available on this machine (try --device cpu)")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        fail(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if device.type == "cuda" and device.index is not None:
-        torch.cuda.set_device(device)                           # first: nothing creates a context on GPU 0
+    if device.type == "cuda" and device.index is not None:      # made current first: nothing lands on GPU 0
+        if device.index >= torch.cuda.device_count():
+            fail(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        torch.cuda.set_device(device)
     return device
 
 
@@ -238,17 +228,15 @@ def precision(args, device):
     if args.amp and device.type == "mps":
         fail("--amp needs a cpu or cuda device, not mps")
     major, minor = torch.cuda.get_device_capability(device) if args.amp and device.type == "cuda" else (8, 0)
-    dtype, why = {None: None, "fp16": torch.float16}.get(args.amp, torch.bfloat16), ""
-    if args.amp == "auto" and major < 8:
-        dtype, why = torch.float16, f" (cuda, compute capability {major}.{minor} has no native bfloat16)"
-    if dtype:
-        print("--amp: " + ("float16 autocast with a gradient scaler" if dtype == torch.float16 else "bfloat16 autocast")
-              + why)
+    half = args.amp == "fp16" or args.amp == "auto" and major < 8
     cpu = getattr(torch.cpu, "get_capabilities", dict)()        # missing in older torch: assume native bfloat16
-    if dtype == torch.bfloat16 and device.type == "cpu" and cpu and not (cpu.get("avx512_bf16") or cpu.get("amx_bf16")):
-        print("note: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX): --amp will be slower than fp32",
-              file=sys.stderr)
-    return dtype, torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    emulated = device.type == "cpu" and cpu and not (half or cpu.get("avx512_bf16") or cpu.get("amx_bf16"))
+    if args.amp:
+        print("--amp: " + ("float16 autocast with a gradient scaler" if half else "bfloat16 autocast")
+              + (f" (cuda, compute capability {major}.{minor} has no native bfloat16)" if major < 8 else "")
+              + (" (this CPU has no bfloat16 instructions: slower than fp32)" if emulated else ""))
+    return (torch.float16 if half else torch.bfloat16) if args.amp else None, torch.amp.GradScaler(
+        device.type, enabled=half)
 
 
 def fail(message):
@@ -256,8 +244,16 @@ def fail(message):
     raise SystemExit(f"{SCRIPT}.py: error: {message}")
 
 
-def load_checkpoint(path, args, device):
-    """A checkpoint of this script with the same network flags, or one clear line why not."""
+def open_run(args, device):
+    """The checkpoint to go on from (--out/checkpoint.pt or --resume PATH), or None for a new run. It must be this
+    script's, with the same network flags and, to resume, the same --batch-size; else one line says why."""
+    out, training = Path(args.out), not args.generate
+    if training and (out.is_file() or not args.resume and (out / "checkpoint.pt").exists()):
+        fail(f"--out {out} is a file, not a folder" if out.is_file() else f"--out {out} already holds a run "
+             "(checkpoint.pt): continue it with --resume, or pick another --out")
+    if training and not args.resume:
+        return None
+    path = Path(args.resume) if training and args.resume is not True else out / "checkpoint.pt"
     if not path.is_file():
         fail(f"no checkpoint at {path} (train first, or point --out at a run folder)")
     try:
@@ -268,36 +264,21 @@ def load_checkpoint(path, args, device):
     if owner != SCRIPT:
         fail(f"{path} was not written by {SCRIPT}.py" + (f" but by {owner}.py" if owner else ""))
     for flag in NETWORK_FLAGS:
-        theirs, ours = (" ".join(map(str, v)) if isinstance(v, list) else str(v)  # [1024, 1024] -> 1024 1024
-                        for v in (ckpt["args"][flag], getattr(args, flag)))
-        if theirs != ours:
-            fail(f"{path} was trained with --{flag.replace('_', '-')} {theirs}, not {ours}; pass the same network "
-                 "flags")
-    return ckpt
-
-
-def open_run_folder(out, args, device):
-    """The checkpoint to resume (--resume: checkpoint.pt; --resume PATH: that one), or None for a new run."""
-    if out.is_file() or not args.resume and (out / "checkpoint.pt").exists():
-        fail(f"--out {out} is a file, not a folder" if out.is_file() else f"--out {out} already holds a run "
-             "(checkpoint.pt): continue it with --resume, or pick another --out")
-    path = out / "checkpoint.pt" if args.resume is True else Path(args.resume or "")
-    ckpt = load_checkpoint(path, args, device) if args.resume else None
-    if ckpt and ckpt["args"]["batch_size"] != args.batch_size:  # the place in an epoch is counted in batches
+        then, now = (str(v).strip("[]").replace(",", "") for v in (ckpt["args"][flag], getattr(args, flag)))
+        if then != now:                                         # as typed: [1024, 1024] reads 1024 1024
+            fail(f"{path} was trained with --{flag.replace('_', '-')} {then}, not {now}; pass the same network flags")
+    if training and ckpt["args"]["batch_size"] != args.batch_size:  # the place in an epoch is counted in batches
         fail(f"{path} was trained with --batch-size {ckpt['args']['batch_size']}; resume with the same")
-    (out / "samples").mkdir(parents=True, exist_ok=True)
     return ckpt
 
 
 def save_progress(out, args, models, log, **place):
-    """checkpoint.pt (atomic: .tmp, then renamed), at an epoch end copied to checkpoints/ (the last KEEP_EPOCHS;
-    later ones, from before a roll-back, go), then the fixed noise's grid. place: step, epoch, batch, rng, fixed_z."""
-    G, D, opt_G, opt_D, scaler = models
+    """checkpoint.pt, atomically (a .tmp file, then renamed); at an epoch's end a copy in checkpoints/, which keeps
+    the last KEEP_EPOCHS (later ones, from before a roll-back, go); then the grid of the fixed noise."""
     log.flush()                                                 # and NaN checked: no NaN reaches a checkpoint
-    torch.save({"script": SCRIPT, "args": vars(args), "G": G.state_dict(), "D": D.state_dict(),
-                "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(), "scaler": scaler.state_dict(), **place,
-                "time": time.perf_counter() - log.t0, "log_bytes": log.file.tell()}, out / "checkpoint.pt.tmp")
-    os.replace(out / "checkpoint.pt.tmp", out / "checkpoint.pt")
+    torch.save({"script": SCRIPT, "args": vars(args), **{key: m.state_dict() for key, m in zip(PARTS, models)},
+                **place, "time": time.perf_counter() - log.t0, "log_bytes": log.file.tell()}, out / "checkpoint.tmp")
+    os.replace(out / "checkpoint.tmp", out / "checkpoint.pt")
     epoch, batch = place["epoch"], place["batch"]
     if batch == 0:
         (out / "checkpoints").mkdir(exist_ok=True)
@@ -305,13 +286,13 @@ def save_progress(out, args, models, log, **place):
         for path in (out / "checkpoints").glob("epoch_*.pt"):
             if not epoch - KEEP_EPOCHS < int(path.stem[6:]) <= epoch:
                 path.unlink()
-    grid = (sample(G, place["fixed_z"]).float() + 1) / 2        # (64, 1, 28, 28) in [0, 1]
+    grid = (sample(models[0], place["fixed_z"]).float() + 1) / 2  # (64, 1, 28, 28) in [0, 1]
     save_image(grid, out / "samples" / f"epoch_{epoch + (batch > 0):04d}.png", nrow=8)
 
 
 class RunLog:
-    """log.csv and a progress line every --log-every seconds; the stats stay on the device until then (one host
-    sync a line, not a step). On resume, log.csv is first cut to its length at the checkpoint (log_bytes)."""
+    """log.csv, a row a step, and a progress line every --log-every seconds; the stats stay on the device until then
+    (one host sync a line, not a step). On resume log.csv is cut to its length at the checkpoint (log_bytes)."""
 
     def __init__(self, out, args, step, last_step, ckpt):
         self.out, self.args, self.first_step, self.last_step = out, args, step, last_step
@@ -362,12 +343,10 @@ def stop_signals():
             signal.signal(signum, signal.SIG_DFL)
             signal.raise_signal(signum)
         asked.append(time.monotonic())
-    previous = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with contextlib.ExitStack() as restore:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            restore.callback(signal.signal, s, signal.signal(s, handle))  # the handler before, back at the end
         yield asked
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 def sample(G, z):
@@ -377,11 +356,10 @@ def sample(G, z):
 
 
 def generate(args):
-    """--generate N: exactly N PNGs in --out/generated/ and generated_grid.png (the first 64), chunk by chunk so
-    memory does not grow with N; chunks of max(64, --batch-size): with BatchNorm, each image is normalised with 63
-    others or more. z is drawn as in training, on the CPU from --seed."""
+    """--generate N: N PNGs in --out/generated/ and generated_grid.png (the first 64), z drawn as in training, in
+    chunks of max(64, --batch-size): memory does not grow with N, and BatchNorm sees 64 images or more."""
     device, out = pick_device(args.device), Path(args.out)
-    ckpt, (dtype, _) = load_checkpoint(out / "checkpoint.pt", args, device), precision(args, device)
+    ckpt, (dtype, _) = open_run(args, device), precision(args, device)
     G = build(args, device)[0]
     G.load_state_dict(ckpt["G"])
     rng, chunk, seconds = torch.Generator().manual_seed(args.seed), max(64, args.batch_size), 0.0
@@ -422,11 +400,10 @@ def parse_args(argv=None):
                    help="autocast on cpu and cuda; auto: bf16, or fp16 with a gradient scaler on GPUs before Ampere")
     p.add_argument("--log-every", type=float, default=5.0, help="seconds between progress lines")
     args = p.parse_args(argv)
-    for flag in ("epochs", "batch_size", "lr", "z_dim", "max_steps", "generate", "log_every"):
-        if getattr(args, flag) is not None and not getattr(args, flag) > 0:  # NaN too
-            fail(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
-    if min(args.g_hidden + args.d_hidden) <= 0:
-        fail("--g-hidden and --d-hidden take positive widths")
+    for flag in ("epochs", "batch_size", "lr", "z_dim", "max_steps", "generate", "log_every", "g_hidden", "d_hidden"):
+        value = getattr(args, flag)
+        if value is not None and not min(value if isinstance(value, list) else [value]) > 0:  # NaN is not > 0
+            fail(f"--{flag.replace('_', '-')} must be positive, got {value}")
     return args
 
 

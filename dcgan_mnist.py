@@ -28,7 +28,7 @@ Implementation details, each tied to a paper:
  4. Real pixels are scaled to [-1, 1] to match G's Tanh output.
  5. Adam lr 1e-3, beta1 0.5, batch 128 as in the CS231n notebook (DCGAN's paper: lr 2e-4 for its larger nets).
 """
-import argparse, contextlib, math, os, shutil, signal, time  # noqa: E401 (the standard library)
+import argparse, contextlib, copy, math, os, shutil, signal, time  # noqa: E401 (the standard library)
 from pathlib import Path
 
 import torch
@@ -359,22 +359,11 @@ def stop_signals():
 
 
 def sample(G, z):
-    """G(z) for the sample grids and --generate, without gradients, BatchNorm normalising by this batch's statistics.
-
-    Not eval mode: the running statistics start at mean 0, variance 1 and follow training with momentum 0.1, so
-    early in a run they are far from what G's layers produce and eval-mode samples come out nearly flat. Batch
-    statistics are right from the first step, and over 64 samples or more one hardly depends on the others.
-    track_running_stats is off for the call: the running statistics (the checkpoint, the resume) stay untouched.
-    """
-    norms = [m for m in G.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
-    for m in norms:
-        m.track_running_stats = False
-    try:
-        with torch.no_grad():
-            return G.train()(z)
-    finally:
-        for m in norms:
-            m.track_running_stats = True
+    """G(z) without gradients for the grids and --generate, BatchNorm normalising by this batch of 64 or more: in
+    train mode, on a copy of G so that the running statistics stay untouched (they start at mean 0, variance 1 and
+    trail training with momentum 0.1, so early in a run eval-mode samples come out nearly flat)."""
+    with torch.no_grad():
+        return copy.deepcopy(G).train()(z)
 
 
 def generate(args):

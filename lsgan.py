@@ -112,8 +112,6 @@ def train_step(G, D, opt_G, opt_D, x, z, amp, scaler):
     Returns a (4,) tensor: loss of D, loss of G, and D's mean scores on x and on G(z) (no host sync).
     """
     B = len(x)
-    ones = torch.ones(B, device=x.device)                       # (B,) the code b = 1 of eq. 9 for real, c = 1 for G
-    zeros = torch.zeros(B, device=x.device)                     # (B,) the code a = 0 of eq. 9 for fake
     with amp:
         fake = G(z)                                             # (B, 1, 28, 28), used by both steps
         # -- D step (eq. 9): minimise 1/2 E[(D(x) - b)^2] + 1/2 E[(D(G(z)) - a)^2] with b = 1, a = 0. Real and
@@ -121,7 +119,8 @@ def train_step(G, D, opt_G, opt_D, x, z, amp, scaler):
         # faster. fake.detach(): G is not updated here.
         scores = D(torch.cat([x, fake.detach()])).float()       # (2B,) scores: B real, then B fake
         real_scores, fake_scores = scores[:B], scores[B:]       # (B,), (B,)
-        loss_d = 0.5 * F.mse_loss(real_scores, ones) + 0.5 * F.mse_loss(fake_scores, zeros)
+        loss_d = (0.5 * F.mse_loss(real_scores, torch.ones_like(real_scores))      # the code b = 1 for real
+                  + 0.5 * F.mse_loss(fake_scores, torch.zeros_like(fake_scores)))  # the code a = 0 for fake
     opt_D.zero_grad(set_to_none=True)
     scaler.scale(loss_d).backward()
     scaler.step(opt_D)
@@ -131,7 +130,7 @@ def train_step(G, D, opt_G, opt_D, x, z, amp, scaler):
     D.requires_grad_(False)
     with amp:
         gen_scores = D(fake).float()                            # (B,) scores of the updated D
-        loss_g = 0.5 * F.mse_loss(gen_scores, ones)
+        loss_g = 0.5 * F.mse_loss(gen_scores, torch.ones_like(gen_scores))  # the code c = 1: "real"
     opt_G.zero_grad(set_to_none=True)
     scaler.scale(loss_g).backward()
     scaler.step(opt_G)

@@ -108,8 +108,6 @@ def train_step(G, D, opt_G, opt_D, x, z, amp, scaler):
     Returns a (4,) tensor: loss of D, loss of G, D(x) and D(G(z)) as mean probabilities (no host sync).
     """
     B = len(x)
-    ones = torch.ones(B, device=x.device)                       # (B,) target "real"
-    zeros = torch.zeros(B, device=x.device)                     # (B,) target "fake"
     with amp:
         fake = G(z)                                             # (B, 1, 28, 28), used by both steps
         # -- D step (Algorithm 1, ascend the gradient of eq. 1): maximise log D(x) + log(1 - D(G(z))), i.e.
@@ -117,8 +115,8 @@ def train_step(G, D, opt_G, opt_D, x, z, amp, scaler):
         # BatchNorm, so this equals two separate passes and is faster. fake.detach(): G is not updated here.
         logits = D(torch.cat([x, fake.detach()])).float()       # (2B,) logits: B real, then B fake
         real_logits, fake_logits = logits[:B], logits[B:]       # (B,), (B,)
-        loss_d = (F.binary_cross_entropy_with_logits(real_logits, ones)
-                  + F.binary_cross_entropy_with_logits(fake_logits, zeros))
+        loss_d = (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))     # target "real"
+                  + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))  # "fake"
     opt_D.zero_grad(set_to_none=True)
     scaler.scale(loss_d).backward()
     scaler.step(opt_D)
@@ -128,7 +126,7 @@ def train_step(G, D, opt_G, opt_D, x, z, amp, scaler):
     D.requires_grad_(False)
     with amp:
         gen_logits = D(fake).float()                            # (B,) logits of the updated D
-        loss_g = F.binary_cross_entropy_with_logits(gen_logits, ones)
+        loss_g = F.binary_cross_entropy_with_logits(gen_logits, torch.ones_like(gen_logits))
     opt_G.zero_grad(set_to_none=True)
     scaler.scale(loss_g).backward()
     scaler.step(opt_G)

@@ -9,12 +9,9 @@ Run (MNIST is downloaded into --data when it is not there):
     python dcgan_mnist.py                                   # defaults
     python dcgan_mnist.py --resume --epochs 40              # continue the run in --out
     python dcgan_mnist.py --generate 1000                   # write images from --out/checkpoint.pt
-
-Run folder (--out, default runs/dcgan_mnist): real.png (real digits), samples/epoch_NNNN.png (the same fixed
-noise every epoch), log.csv (losses, D(x), D(G(z)) per step), checkpoint.pt (what --resume needs to go on, on any
-device, bit for bit on CPU, with the same --batch-size), checkpoints/epoch_NNNN.pt (the last 3 epochs', to roll
-back to with --resume PATH), generated/ and generated_grid.png (--generate). One line warns when D wins outright:
-see "When training goes wrong" in the README.
+Run folder (--out): real.png; samples/epoch_NNNN.png, from the same fixed noise every epoch; log.csv, a row a step;
+checkpoint.pt for --resume (bit for bit on CPU, with the same --batch-size) and the last 3 epochs' in checkpoints/
+for --resume PATH; generated/ (--generate). The README says more, and what to try when D wins outright.
 
 Implementation details, each tied to a paper:
  1. The game of Goodfellow et al. (eq. 1, Algorithm 1 with k = 1) with the non-saturating G loss (section 3).
@@ -52,14 +49,11 @@ class Generator(nn.Module):
     def __init__(self, z_dim=96):
         super().__init__()
         self.net = nn.Sequential(                               # input z: (B, z_dim)
-            nn.Linear(z_dim, 1024), nn.ReLU(),                  # (B, 1024)
-            nn.BatchNorm1d(1024),                               # (B, 1024)
-            nn.Linear(1024, 7 * 7 * 128), nn.ReLU(),            # (B, 6272)
-            nn.BatchNorm1d(7 * 7 * 128),                        # (B, 6272)
+            nn.Linear(z_dim, 1024), nn.ReLU(), nn.BatchNorm1d(1024),  # (B, 1024)
+            nn.Linear(1024, 7 * 7 * 128), nn.ReLU(), nn.BatchNorm1d(7 * 7 * 128),  # (B, 6272)
             nn.Unflatten(1, (128, 7, 7)),                       # (B, 128, 7, 7)
             # 4x4 kernels, stride 2, padding 1: TensorFlow's 'same' padding, each one doubles the size.
-            nn.ConvTranspose2d(128, 64, 4, 2, 1), nn.ReLU(),    # (B, 64, 14, 14)
-            nn.BatchNorm2d(64),                                 # (B, 64, 14, 14)
+            nn.ConvTranspose2d(128, 64, 4, 2, 1), nn.ReLU(), nn.BatchNorm2d(64),  # (B, 64, 14, 14)
             nn.ConvTranspose2d(64, 1, 4, 2, 1),                 # (B, 1, 28, 28)
             nn.Tanh(),                                          # (B, 1, 28, 28), pixels in [-1, 1] (detail 4)
         )
@@ -69,11 +63,8 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """image -> logit: the CS231n notebook's convolutional discriminator.
-
-    The notebook ends with a fully connected layer of size 1; its output is a logit, the sigmoid is inside
-    BCEWithLogitsLoss (detail 1).
-    """
+    """image -> logit: the CS231n notebook's convolutional discriminator. The notebook ends with a fully connected
+    layer of size 1; its output is a logit, the sigmoid is inside BCEWithLogitsLoss (detail 1)."""
 
     def __init__(self):
         super().__init__()
@@ -100,8 +91,7 @@ def noise(n, args, device, rng=None):
 
 def build(args, device):
     """G, D and their Adam optimizers (detail 5), fused (one kernel for all parameters) on every device."""
-    # Channels-last memory layout (N, H, W, C): oneDNN's convolutions and pooling run faster with it on CPU
-    # (about 20% for a training step here), and so do cuDNN's on recent GPUs.
+    # Channels-last (N, H, W, C): faster convolutions and pooling in oneDNN (CPU, ~20% a step) and recent cuDNN.
     G = Generator(args.z_dim).to(device, memory_format=torch.channels_last)
     D = Discriminator().to(device, memory_format=torch.channels_last)
     opt_G = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.beta1, 0.999), fused=True)
@@ -112,11 +102,8 @@ def build(args, device):
 # ---- Losses and one iteration of Algorithm 1 (Goodfellow et al.) -----------------------------------------
 def train_step(G, D, opt_G, opt_D, x, z, amp, scaler):
     """One iteration of Algorithm 1 with k = 1: a D step, then a G step, on real x (B, 1, 28, 28) and noise z.
-
-    amp: the autocast context. scaler: float16's gradient scaler, one for both optimizers; disabled otherwise
-    (then scaler.scale(loss) is loss and scaler.step(opt) is opt.step()).
-    Returns a (4,) tensor: loss of D, loss of G, D(x) and D(G(z)) as mean probabilities (no host sync).
-    """
+    amp: the autocast context. scaler: float16's gradient scaler for both optimizers (a no-op when disabled).
+    Returns a (4,) tensor: loss of D, loss of G, D(x) and D(G(z)) as mean probabilities (no host sync)."""
     B = len(x)
     with amp:
         fake = G(z)                                             # (B, 1, 28, 28), used by both steps

@@ -10,12 +10,9 @@ Run (MNIST is downloaded into --data when it is not there):
     python lsgan.py --z-dim 64 --g-hidden 256 --d-hidden 128 --g-act leaky   # the Simple GAN's networks
     python lsgan.py --resume --epochs 200             # continue the run in --out
     python lsgan.py --generate 1000                   # write images from --out/checkpoint.pt
-
-Run folder (--out, default runs/lsgan): real.png (real digits), samples/epoch_NNNN.png (the same fixed
-noise every epoch), log.csv (losses, D(x), D(G(z)) per step), checkpoint.pt (what --resume needs to go on, on any
-device, bit for bit on CPU, with the same --batch-size), checkpoints/epoch_NNNN.pt (the last 3 epochs', to roll
-back to with --resume PATH), generated/ and generated_grid.png (--generate). One line warns when D wins outright:
-see "When training goes wrong" in the README.
+Run folder (--out): real.png; samples/epoch_NNNN.png, from the same fixed noise every epoch; log.csv, a row a step;
+checkpoint.pt for --resume (bit for bit on CPU, with the same --batch-size) and the last 3 epochs' in checkpoints/
+for --resume PATH; generated/ (--generate). The README says more, and what to try when D wins outright.
 
 Implementation details, each tied to the paper:
  1. Least-squares losses instead of the sigmoid cross-entropy (Mao et al., eq. 2), with the 0-1 coding of
@@ -67,10 +64,8 @@ class Generator(nn.Module):
 
 class Discriminator(nn.Module):
     """image -> score. CS231n: Linear 784->256, LeakyReLU(0.01), Linear 256->256, LeakyReLU(0.01), Linear 256->1.
-
     The Simple GAN's table writes Tanh on D's output; we keep D's output linear (detail 2): the least-squares
-    loss regresses it onto the codes 0 and 1, and a Tanh would only squash the gradients LSGAN is designed to keep.
-    """
+    loss regresses it onto the codes 0 and 1, and a Tanh would only squash the gradients LSGAN is designed to keep."""
 
     def __init__(self, hidden=(256, 256)):
         super().__init__()
@@ -105,12 +100,8 @@ def build(args, device):
 # ---- Losses (Mao et al. eq. 9) and one iteration of Algorithm 1 of Goodfellow et al. ---------------------
 def train_step(G, D, opt_G, opt_D, x, z, amp, scaler):
     """One D step, then one G step (Goodfellow et al. Algorithm 1, k = 1) with the losses of eq. 9, on real x
-    (B, 1, 28, 28) and noise z.
-
-    amp: the autocast context. scaler: float16's gradient scaler, one for both optimizers; disabled otherwise
-    (then scaler.scale(loss) is loss and scaler.step(opt) is opt.step()).
-    Returns a (4,) tensor: loss of D, loss of G, and D's mean scores on x and on G(z) (no host sync).
-    """
+    (B, 1, 28, 28) and noise z. amp: the autocast context. scaler: float16's gradient scaler for both optimizers
+    (a no-op when disabled). Returns a (4,) tensor: loss of D, loss of G, D's mean scores on x and G(z) (no sync)."""
     B = len(x)
     with amp:
         fake = G(z)                                             # (B, 1, 28, 28), used by both steps

@@ -9,12 +9,9 @@ Run (MNIST is downloaded into --data when it is not there):
     python vanilla_gan.py --z-dim 64 --g-hidden 256 --d-hidden 128 --g-act leaky   # the Simple GAN's networks
     python vanilla_gan.py --resume --epochs 200             # continue the run in --out
     python vanilla_gan.py --generate 1000                   # write images from --out/checkpoint.pt
-
-Run folder (--out, default runs/vanilla_gan): real.png (real digits), samples/epoch_NNNN.png (the same fixed
-noise every epoch), log.csv (losses, D(x), D(G(z)) per step), checkpoint.pt (what --resume needs to go on, on any
-device, bit for bit on CPU, with the same --batch-size), checkpoints/epoch_NNNN.pt (the last 3 epochs', to roll
-back to with --resume PATH), generated/ and generated_grid.png (--generate). One line warns when D wins outright:
-see "When training goes wrong" in the README.
+Run folder (--out): real.png; samples/epoch_NNNN.png, from the same fixed noise every epoch; log.csv, a row a step;
+checkpoint.pt for --resume (bit for bit on CPU, with the same --batch-size) and the last 3 epochs' in checkpoints/
+for --resume PATH; generated/ (--generate). The README says more, and what to try when D wins outright.
 
 Implementation details, each tied to the paper:
  1. The minimax game V(D, G) = E_x[log D(x)] + E_z[log(1 - D(G(z)))] (eq. 1), trained by alternating one
@@ -64,10 +61,8 @@ class Generator(nn.Module):
 
 class Discriminator(nn.Module):
     """image -> logit. CS231n: Linear 784->256, LeakyReLU(0.01), Linear 256->256, LeakyReLU(0.01), Linear 256->1.
-
     The Simple GAN's table writes Tanh on D's output; we output a logit instead (detail 3): a Tanh output is not
-    a probability, and the sigmoid that turns a logit into one is inside BCEWithLogitsLoss.
-    """
+    a probability, and the sigmoid that turns a logit into one is inside BCEWithLogitsLoss."""
 
     def __init__(self, hidden=(256, 256)):
         super().__init__()
@@ -102,11 +97,8 @@ def build(args, device):
 # ---- Losses and one iteration of Algorithm 1 -------------------------------------------------------------
 def train_step(G, D, opt_G, opt_D, x, z, amp, scaler):
     """One iteration of Algorithm 1 with k = 1: a D step, then a G step, on real x (B, 1, 28, 28) and noise z.
-
-    amp: the autocast context. scaler: float16's gradient scaler, one for both optimizers; disabled otherwise
-    (then scaler.scale(loss) is loss and scaler.step(opt) is opt.step()).
-    Returns a (4,) tensor: loss of D, loss of G, D(x) and D(G(z)) as mean probabilities (no host sync).
-    """
+    amp: the autocast context. scaler: float16's gradient scaler for both optimizers (a no-op when disabled).
+    Returns a (4,) tensor: loss of D, loss of G, D(x) and D(G(z)) as mean probabilities (no host sync)."""
     B = len(x)
     with amp:
         fake = G(z)                                             # (B, 1, 28, 28), used by both steps

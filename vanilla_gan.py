@@ -4,8 +4,7 @@ Paper: Goodfellow et al. 2014, "Generative Adversarial Nets", arXiv:1406.2661.
 Networks: the MLPs of the Stanford CS231n GAN notebook (default); the smaller "Simple GAN" MLPs of the
 giakou4/gans repository through flags. Both tables are in the README.
 
-Run (MNIST is downloaded into --data when it is not there):
-    python vanilla_gan.py                                   # defaults: the CS231n notebook's networks
+    python vanilla_gan.py                                   # MNIST is downloaded into --data if missing
     python vanilla_gan.py --z-dim 64 --g-hidden 256 --d-hidden 128 --g-act leaky   # the Simple GAN's networks
     python vanilla_gan.py --resume --epochs 200             # continue the run in --out
     python vanilla_gan.py --generate 1000                   # write images from --out/checkpoint.pt
@@ -34,48 +33,39 @@ from torchvision.utils import save_image
 
 SCRIPT = Path(__file__).stem
 NETWORK_FLAGS = ("z_dim", "g_hidden", "d_hidden", "g_act")  # must match between a checkpoint and the flags
-D_WINS_STEPS = 300      # warn when D(G(z)) has averaged below D_WINS_BELOW over this many steps,
-D_WINS_BELOW = 0.05     # which makes G's gradient vanish (see "When training goes wrong" in the README)
+D_WINS_STEPS, D_WINS_BELOW = 300, 0.05  # warn when D(G(z)) averaged below this over so many steps: G learns little
 KEEP_EPOCHS = 3         # epoch checkpoints kept in checkpoints/ beside checkpoint.pt
 PARTS = ("G", "D", "opt_G", "opt_D", "scaler")  # the checkpoint's names for what train() keeps state in
 
 
 # ---- Networks: the CS231n notebook's MLPs, or the Simple GAN's through flags. B is the batch size --------
-class Generator(nn.Module):
+class Generator(nn.Sequential):
     """z -> image. CS231n: Linear z->1024, ReLU, Linear 1024->1024, ReLU, Linear 1024->784, Tanh."""
 
     def __init__(self, z_dim=96, hidden=(1024, 1024), act="relu"):
-        super().__init__()
         layers, width = [], z_dim                               # input z: (B, z_dim)
         for h in hidden:
             layers += [nn.Linear(width, h),                     # (B, h)
                        nn.ReLU() if act == "relu" else nn.LeakyReLU(0.01)]  # (B, h)
             width = h
-        layers += [nn.Linear(width, 28 * 28),                   # (B, 784)
-                   nn.Tanh()]                                   # (B, 784), pixels in [-1, 1] (detail 4)
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, z):
-        return self.net(z).view(-1, 1, 28, 28)                  # (B, 1, 28, 28)
+        super().__init__(*layers, nn.Linear(width, 28 * 28),    # (B, 784)
+                         nn.Tanh(),                             # (B, 784), pixels in [-1, 1] (detail 4)
+                         nn.Unflatten(1, (1, 28, 28)))          # (B, 1, 28, 28)
 
 
-class Discriminator(nn.Module):
+class Discriminator(nn.Sequential):
     """image -> logit. CS231n: Linear 784->256, LeakyReLU(0.01), Linear 256->256, LeakyReLU(0.01), Linear 256->1.
     The Simple GAN's table writes Tanh on D's output; we output a logit instead (detail 3): a Tanh output is not
     a probability, and the sigmoid that turns a logit into one is inside BCEWithLogitsLoss."""
 
     def __init__(self, hidden=(256, 256)):
-        super().__init__()
-        layers, width = [nn.Flatten()], 28 * 28                 # (B, 784)
+        layers, width = [nn.Flatten()], 28 * 28                 # input x: (B, 1, 28, 28) -> (B, 784)
         for h in hidden:
             layers += [nn.Linear(width, h),                     # (B, h)
                        nn.LeakyReLU(0.01)]                      # (B, h)
             width = h
-        layers += [nn.Linear(width, 1)]                         # (B, 1): the logit of D(x)
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x):                                       # x: (B, 1, 28, 28)
-        return self.net(x).squeeze(1)                           # (B,)
+        super().__init__(*layers, nn.Linear(width, 1),          # (B, 1): the logit of D(x)
+                         nn.Flatten(0))                         # (B,)
 
 
 def noise(n, args, device, rng=None):
@@ -89,9 +79,7 @@ def build(args, device):
     """G, D and their Adam optimizers (detail 5), fused (one kernel for all parameters) on every device."""
     G = Generator(args.z_dim, args.g_hidden, args.g_act).to(device)
     D = Discriminator(args.d_hidden).to(device)
-    opt_G = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.beta1, 0.999), fused=True)
-    opt_D = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.beta1, 0.999), fused=True)
-    return G, D, opt_G, opt_D
+    return G, D, *(torch.optim.Adam(m.parameters(), lr=args.lr, betas=(args.beta1, 0.999), fused=True) for m in (G, D))
 
 
 # ---- Losses and one iteration of Algorithm 1 -------------------------------------------------------------
@@ -134,15 +122,15 @@ def train_step(G, D, opt_G, opt_D, x, z, amp, scaler):
 def train(args):
     device, out = pick_device(args.device), Path(args.out)
     ckpt = open_run(args, device)                               # None for a new run
-    dtype, scaler = precision(args, device)
+    dtype = precision(args, device)                             # None: float32
     amp = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # float16's, for both optimizers
     data = load_mnist(args.data).to(device)                     # (N, 28, 28) uint8, on the device once
     B, per_epoch = args.batch_size, len(data) // args.batch_size  # an epoch's last partial batch is left out
     if per_epoch == 0:
         fail(f"{args.data} holds {len(data)} images, fewer than one batch of {B}")
     torch.manual_seed(args.seed)                                # initial weights
     G, D, opt_G, opt_D = build(args, device)
-    rng = torch.Generator().manual_seed(args.seed)              # every z of training, on the CPU
     fixed_z = noise(64, args, device, torch.Generator().manual_seed(args.seed))  # the grids' z, every epoch
     step = epoch = batch = 0                                    # steps, whole epochs, batches of this epoch done
     if ckpt:
@@ -151,7 +139,6 @@ def train(args):
                 part.load_state_dict(ckpt[key])
         for group in opt_G.param_groups + opt_D.param_groups:
             group["lr"] = args.lr                               # a resumed run may change the learning rate
-        rng.set_state(ckpt["rng"].cpu())
         fixed_z, step, epoch, batch = ckpt["fixed_z"], ckpt["step"], ckpt["epoch"], ckpt["batch"]
     last_step = min(args.max_steps or math.inf, args.epochs * per_epoch)
     if last_step <= step:
@@ -162,20 +149,20 @@ def train(args):
 
     with stop_signals() as signals:
         while step < last_step and not signals:
-            # This epoch's order of the digits: a permutation drawn on the CPU from (--seed, epoch) alone.
+            # This epoch's order of the digits, and below each step's z: drawn on the CPU from generators seeded
+            # by (--seed, epoch) and (--seed, step) alone, so a resume needs no random state.
             order = torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed + epoch)).to(device)
             for batch in range(batch, per_epoch):               # the rest of this epoch
                 x = data[order[batch * B:(batch + 1) * B]].unsqueeze(1)  # (B, 1, 28, 28) uint8 in [0, 255]
                 x = x.float().div_(127.5).sub_(1.0)             # real images in [-1, 1] (detail 4)
-                z = noise(B, args, device, rng)                 # (B, z_dim) ~ N(0, I)
+                z = noise(B, args, device, torch.Generator().manual_seed(hash((args.seed, step))))  # (B, z_dim)
                 stats = train_step(G, D, opt_G, opt_D, x, z, amp, scaler)  # (4,), on the device
                 step += 1
                 log.record(step, epoch + 1, stats)
                 if signals or step == last_step:
                     break
             epoch, batch = (epoch + 1, 0) if batch + 1 == per_epoch else (epoch, batch + 1)
-            save_progress(out, args, (G, D, opt_G, opt_D, scaler), log, step=step, epoch=epoch, batch=batch,
-                          rng=rng.get_state(), fixed_z=fixed_z)
+            save(out, args, (G, D, opt_G, opt_D, scaler), log, step=step, epoch=epoch, batch=batch, fixed_z=fixed_z)
     log.file.close()
     seconds = time.perf_counter() - log.t_first
     print(f"trained {step - log.first_step} steps in {seconds:.1f} s ({(step - log.first_step) * B / seconds:.0f} "
@@ -188,42 +175,36 @@ def load_mnist(root):
     try:
         return torchvision.datasets.MNIST(root, train=True, download=True).data
     except Exception as e:                                      # no network, a firewall, damaged files...
-        cause = str(e).strip().split("\n")[-1][:60]             # torchvision's last line says why
+        cause = str(e).strip().splitlines()[-1][:60]            # torchvision's last line says why
         fail(f"no readable MNIST in {Path(root) / 'MNIST' / 'raw'} and no download ({cause}); put the unzipped "
              "train-images-idx3-ubyte and train-labels-idx1-ubyte from the MNIST site there")
 
 
 def pick_device(name):
-    """--device: auto is cuda if available, else mps if available, else cpu."""
-    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    """--device: auto is cuda if available, else mps if available, else cpu. cuda:N is made current at once."""
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
     try:
-        device = torch.device(next(d for d in ("cuda", "mps", "cpu") if available[d]) if name == "auto" else name)
+        device = torch.device(next(d for d, ok in available.items() if ok) if name == "auto" else name)
     except RuntimeError:
         fail(f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)")
-    if not available.get(device.type):
-        fail(f"--device {name}: {device.type.upper()} is not available on this machine (try --device cpu)")
-    if device.type == "cuda" and device.index is not None:      # made current first: nothing lands on GPU 0
-        if device.index >= torch.cuda.device_count():
-            fail(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-        torch.cuda.set_device(device)
+    if not available.get(device.type) or device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        fail(f"--device {name}: not available on this machine (try --device cpu)")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)                           # first: nothing lands on GPU 0 by default
     return device
 
 
 def precision(args, device):
-    """--amp: the autocast dtype (None: float32) and the gradient scaler (enabled for float16 only), said in one line.
-    auto is bfloat16 (float32's range, no scaler needed), float16 on GPUs before compute capability 8 (T4, V100)."""
+    """--amp's autocast dtype (None: float32), said in one line: bfloat16, float32's range with no scaler needed, or
+    float16 with a gradient scaler on GPUs before compute capability 8 (T4, V100), whose bfloat16 is emulated."""
     if args.amp and device.type == "mps":
         fail("--amp needs a cpu or cuda device, not mps")
     major, minor = torch.cuda.get_device_capability(device) if args.amp and device.type == "cuda" else (8, 0)
     half = args.amp == "fp16" or args.amp == "auto" and major < 8
-    cpu = getattr(torch.cpu, "get_capabilities", dict)()        # missing in older torch: assume native bfloat16
-    emulated = device.type == "cpu" and cpu and not (half or cpu.get("avx512_bf16") or cpu.get("amx_bf16"))
     if args.amp:
         print("--amp: " + ("float16 autocast with a gradient scaler" if half else "bfloat16 autocast")
-              + (f" (cuda, compute capability {major}.{minor} has no native bfloat16)" if major < 8 else "")
-              + (" (this CPU has no bfloat16 instructions: slower than fp32)" if emulated else ""))
-    return (torch.float16 if half else torch.bfloat16) if args.amp else None, torch.amp.GradScaler(
-        device.type, enabled=half)
+              + (f" (cuda, compute capability {major}.{minor} has no native bfloat16)" if major < 8 else ""))
+    return (torch.float16 if half else torch.bfloat16) if args.amp else None
 
 
 def fail(message):
@@ -259,22 +240,21 @@ def open_run(args, device):
     return ckpt
 
 
-def save_progress(out, args, models, log, **place):
+def save(out, args, models, log, **place):
     """checkpoint.pt, atomically (a .tmp file, then renamed); at an epoch's end a copy in checkpoints/, which keeps
     the last KEEP_EPOCHS (later ones, from before a roll-back, go); then the grid of the fixed noise."""
     log.flush()                                                 # and NaN checked: no NaN reaches a checkpoint
     torch.save({"script": SCRIPT, "args": vars(args), **{key: m.state_dict() for key, m in zip(PARTS, models)},
                 **place, "time": time.perf_counter() - log.t0, "log_bytes": log.file.tell()}, out / "checkpoint.tmp")
     os.replace(out / "checkpoint.tmp", out / "checkpoint.pt")
-    epoch, batch = place["epoch"], place["batch"]
-    if batch == 0:
+    if place["batch"] == 0:
         (out / "checkpoints").mkdir(exist_ok=True)
-        shutil.copyfile(out / "checkpoint.pt", out / "checkpoints" / f"epoch_{epoch:04d}.pt")
+        shutil.copyfile(out / "checkpoint.pt", out / "checkpoints" / f"epoch_{place['epoch']:04d}.pt")
         for path in (out / "checkpoints").glob("epoch_*.pt"):
-            if not epoch - KEEP_EPOCHS < int(path.stem[6:]) <= epoch:
+            if not place["epoch"] - KEEP_EPOCHS < int(path.stem[6:]) <= place["epoch"]:
                 path.unlink()
     grid = (sample(models[0], place["fixed_z"]).float() + 1) / 2  # (64, 1, 28, 28) in [0, 1]
-    save_image(grid, out / "samples" / f"epoch_{epoch + (batch > 0):04d}.png", nrow=8)
+    save_image(grid, out / "samples" / f"epoch_{place['epoch'] + (place['batch'] > 0):04d}.png", nrow=8)
 
 
 class RunLog:
@@ -315,8 +295,7 @@ class RunLog:
         if not self.told and len(self.recent) == D_WINS_STEPS and sum(self.recent) / D_WINS_STEPS < D_WINS_BELOW:
             self.told = True                                    # said once a run
             print(f"warning: D is winning outright: D(G(z)) averaged {sum(self.recent) / D_WINS_STEPS:.3f} over the "
-                  f"last {D_WINS_STEPS} steps (to step {step}), so G learns little; see \"When training goes wrong\" "
-                  "in the README of this script's repository", flush=True)
+                  f"last {D_WINS_STEPS} steps (to step {step}), so G learns little; see the README", flush=True)
 
 
 @contextlib.contextmanager
@@ -346,8 +325,7 @@ def generate(args):
     """--generate N: N PNGs in --out/generated/ and generated_grid.png (the first 64), z drawn as in training, in
     chunks of max(64, --batch-size): memory does not grow with N, and BatchNorm sees 64 images or more."""
     device, out = pick_device(args.device), Path(args.out)
-    ckpt, (dtype, _) = open_run(args, device), precision(args, device)
-    G = build(args, device)[0]
+    G, ckpt, dtype = build(args, device)[0], open_run(args, device), precision(args, device)
     G.load_state_dict(ckpt["G"])
     rng, chunk, seconds = torch.Generator().manual_seed(args.seed), max(64, args.batch_size), 0.0
     (out / "generated").mkdir(exist_ok=True)
@@ -380,11 +358,9 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="initial weights, noise and data order all come from it")
     p.add_argument("--out", default=f"runs/{SCRIPT}", help="run folder")
     p.add_argument("--max-steps", type=int, help="stop when the run's total step count reaches this")
-    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
-                   help="continue the run in --out from checkpoint.pt, or from CHECKPOINT (checkpoints/epoch_NNNN.pt)")
+    p.add_argument("--resume", nargs="?", const=True, metavar="CKPT", help="continue the run in --out, or from CKPT")
     p.add_argument("--generate", type=int, metavar="N", help="write N images from --out/checkpoint.pt, no training")
-    p.add_argument("--amp", nargs="?", const="auto", choices=["auto", "bf16", "fp16"],
-                   help="autocast on cpu and cuda; auto: bf16, or fp16 with a gradient scaler on GPUs before Ampere")
+    p.add_argument("--amp", nargs="?", const="auto", choices=["auto", "bf16", "fp16"], help="bf16, fp16 before Ampere")
     p.add_argument("--log-every", type=float, default=5.0, help="seconds between progress lines")
     args = p.parse_args(argv)
     for flag in ("epochs", "batch_size", "lr", "z_dim", "max_steps", "generate", "log_every", "g_hidden", "d_hidden"):

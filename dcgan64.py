@@ -32,7 +32,7 @@ Implementation details, each tied to the paper (section numbers of arXiv:1511.06
  9. Weights from N(0, 0.02) (section 4); BatchNorm scales from N(1, 0.02), biases 0 (the tutorial's choice).
 10. Adam, lr 0.0002, beta1 0.5 ("0.9 resulted in training oscillation and instability", section 4); batch 128.
 """
-import argparse, copy, os, shutil, signal, time  # noqa: E401 (the standard library)
+import argparse, os, shutil, signal, time  # noqa: E401 (the standard library)
 from pathlib import Path
 
 import torch
@@ -430,9 +430,9 @@ def save(out, args, models, where, fixed_z, log, world):
 
 
 def sample(G, z):
-    """G(z) without gradients, BatchNorm in train mode on a copy of G: early on, eval-mode samples come out flat."""
+    """G(z) without gradients; BatchNorm in train mode (eval mode's samples are flat early on), on copied statistics."""
     with torch.no_grad():
-        return copy.deepcopy(G).train()(z)
+        return torch.func.functional_call(G.train(), {k: b.clone() for k, b in G.named_buffers()}, (z,))
 
 
 def load_checkpoint(path, args, device):

@@ -24,7 +24,7 @@ Implementation details, each tied to a paper:
  4. Real pixels are scaled to [-1, 1] to match G's Tanh output.
  5. Adam lr 1e-3, beta1 0.5, batch 128 as in the CS231n notebook (DCGAN's paper: lr 2e-4 for its larger nets).
 """
-import argparse, contextlib, copy, math, os, shutil, signal, time  # noqa: E401 (the standard library)
+import argparse, contextlib, math, os, shutil, signal, time  # noqa: E401 (the standard library)
 from pathlib import Path
 
 import torch
@@ -325,11 +325,11 @@ def stop_signals():
 
 
 def sample(G, z):
-    """G(z) without gradients for the grids and --generate, BatchNorm normalising by this batch of 64 or more: in
-    train mode, on a copy of G so that the running statistics stay untouched (they start at mean 0, variance 1 and
-    trail training with momentum 0.1, so early in a run eval-mode samples come out nearly flat)."""
+    """G(z) without gradients for the grids and --generate, BatchNorm normalising by this batch of 64 or more (in
+    train mode: early in a run the running statistics, from mean 0 and variance 1 with momentum 0.1, are far from
+    G's, and eval-mode samples come out nearly flat), updating copies of the running statistics, not G's own."""
     with torch.no_grad():
-        return copy.deepcopy(G).train()(z)
+        return torch.func.functional_call(G.train(), {k: b.clone() for k, b in G.named_buffers()}, (z,))
 
 
 def generate(args):

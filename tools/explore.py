@@ -95,17 +95,19 @@ class Run:
         BatchNorm normalises with; these become its running statistics, which eval mode uses for any batch.
         (The context's own images are then exactly sample()'s; the MLP scripts have no BatchNorm.)
         """
-        def recorder(norm):                                 # into this G's BatchNorm: sample() may run a copy of G
-            def record(_, inputs):                          # inputs[0]: (B, channels) or (B, channels, H, W)
-                x = inputs[0].transpose(0, 1).flatten(1)    # (channels, B * H * W)
-                norm.running_mean.copy_(x.mean(1))
-                norm.running_var.copy_(x.var(1, unbiased=False))  # the variance batch statistics use
-            return record
-        hooks = [m.register_forward_pre_hook(recorder(m)) for m in self.G.modules()
+        seen = {}                                           # BatchNorm module -> (mean, variance) it normalised with
+
+        def record(norm, inputs):                           # inputs[0]: (B, channels) or (B, channels, H, W)
+            x = inputs[0].transpose(0, 1).flatten(1)        # (channels, B * H * W)
+            seen[norm] = x.mean(1), x.var(1, unbiased=False)  # the variance batch statistics use
+        hooks = [m.register_forward_pre_hook(record) for m in self.G.modules()
                  if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
         self.module.sample(self.G, self.as_input(context))
         for h in hooks:
             h.remove()
+        for norm, (mean, variance) in seen.items():         # after sample(), which leaves G's own statistics alone
+            norm.running_mean.copy_(mean)
+            norm.running_var.copy_(variance)
         self.G.eval()
         self.context = context                              # (64, z_dim)
 

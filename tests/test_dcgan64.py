@@ -194,3 +194,13 @@ def test_a_resume_may_lower_the_learning_rate(trained, photo_folder, tmp_path):
                   "--lr", "1e-4", "--workers", "0", *SMALL])
     ckpt = load_checkpoint(tmp_path / "run")
     assert ckpt["step"] == 12 and {g["lr"] for o in ("opt_G", "opt_D") for g in ckpt[o]["param_groups"]} == {1e-4}
+
+
+def test_the_d_wins_warning_fires_once_d_g_z_has_stayed_low_from_step_100(capsys):
+    """The rule benchmarks/failure_rate.py calibrated: D(G(z)) averaged below 0.02 over 20 steps, from step 100."""
+    low, mixed = [0.01] * 20, [0.01] * 19 + [0.5]              # averages 0.01 and 0.0345
+    assert dcgan64.warn_if_d_wins(low, 99) == low and capsys.readouterr().out == ""  # too early to tell
+    assert dcgan64.warn_if_d_wins([0.5] * 30 + mixed, 150) == mixed and capsys.readouterr().out == ""
+    assert dcgan64.warn_if_d_wins([0.5] * 30 + low, 100) is None  # said: the log keeps no history after it
+    assert capsys.readouterr().out.startswith("warning: D has won: D(G(z)) averaged below 0.02 over 20 steps to step "
+                                              "100; such runs rarely recover: restart with another --seed")

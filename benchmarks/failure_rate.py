@@ -13,7 +13,8 @@ shows step --steps + 1 (its sample grid of the first batch of an epoch is then w
 the repo's dcgan64.py) runs with --cache --workers 0 --max-steps --steps.
 
 A run is DEAD when D(G(z)) (our log.csv's d_fake; the peer's first D(G(z)) value, taken during D's step like
-ours) averages below --dead-below over its last --window steps: D tells (nearly) every fake apart; the results say
+ours) has a median below --dead-below over its last --window steps (the median, so that the single steps where G
+fools D in a dead or collapsed run do not count): D tells (nearly) every fake apart; the results say
 how the criterion was checked against the sample grids.
 Failure rate: dead runs / runs, with a 95% Clopper-Pearson interval. The early-warning rule (--warn-*) is
 evaluated on every run: D(G(z)) averaged over the last --warn-window steps below --warn-below at any step from
@@ -33,6 +34,7 @@ import os
 import re
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -74,7 +76,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of each run")
     p.add_argument("--jobs", type=int, default=2, help="runs at the same time")
     p.add_argument("--window", type=int, default=40, help="dead: D(G(z)) over the last WINDOW steps ...")
-    p.add_argument("--dead-below", type=float, default=0.03, help="... averages below this")
+    p.add_argument("--dead-below", type=float, default=0.03, help="... has a median below this")
     p.add_argument("--warn-window", type=int, default=20, help="early warning: D(G(z)) over WINDOW steps ...")
     p.add_argument("--warn-below", type=float, default=0.03, help="... averages below this ...")
     p.add_argument("--warn-from", type=int, default=60, help="... at a step from this one on")
@@ -152,7 +154,7 @@ def classify(log, steps, args):
     """The statistics of one run's log (rows with step, d_fake, d_real, loss_g) up to `steps`."""
     log = log[:steps]
     tail = log[-args.window:]
-    end = {k: sum(r[k] for r in tail) / len(tail) for k in ("d_fake", "d_real", "loss_g")}
+    end = {k: statistics.median(r[k] for r in tail) for k in ("d_fake", "d_real", "loss_g")}
     warn = {s: v for s, v in window_means([r["d_fake"] for r in log], args.warn_window).items()
             if s >= args.warn_from}
     fired = [s for s, v in warn.items() if v < args.warn_below]
@@ -227,7 +229,7 @@ def write_markdown(path, rows, args, capabilities):
                 f"--window {args.window} --dead-below {args.dead_below} --warn-window {args.warn_window} --warn-below "
                 f"{args.warn_below} --warn-from {args.warn_from} --warn-by {args.warn_by}` (runs: a command per "
                 f"--variant, --ours, --flags, --steps). 9,984 MNIST digits at 64x64, batch 128, fp32, {args.jobs} runs at "
-                f"a time with OMP_NUM_THREADS as in the table. Dead: D(G(z)) averaged below {args.dead_below} over "
+                f"a time with OMP_NUM_THREADS as in the table. Dead: the median of D(G(z)) below {args.dead_below} over "
                 f"the last {args.window} steps. Rate: dead / seeds with its 95% Clopper-Pearson interval.\n\n")
         f.write(common.md_table(["implementation", "variant", "flags", "seeds", "dead", "failure rate [95%]",
                                  "steps", "threads", "dead seeds"], summary(rows)))

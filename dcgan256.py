@@ -53,7 +53,7 @@ SCRIPT = Path(__file__).stem
 IMAGE_SIZE = 256                                                # images are IMAGE_SIZE x IMAGE_SIZE
 NETWORK_FLAGS = ("z_dim", "ngf", "ndf", "channels", "g_act")    # must match between a checkpoint and the flags
 SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")  # the image files read
-D_WINS_STEPS, D_WINS_BELOW = 300, 0.05  # warn when D(G(z)) averaged below this over so many steps: G learns little
+D_WINS_STEPS, D_WINS_BELOW, D_WINS_FROM = 20, 0.02, 100  # D has won: D(G(z)) below 0.02 over 20 steps, from step 100
 KEEP_EPOCHS = 3                         # epoch checkpoints kept in checkpoints/
 
 

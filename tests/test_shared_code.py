@@ -30,8 +30,9 @@ def top_level_sources(script):
     for node in ast.parse(source).body:
         if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
             found[node.name] = ast.get_source_segment(source, node)
-        elif isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
-            found[node.targets[0].id] = ast.get_source_segment(source, node)
+        elif isinstance(node, ast.Assign):                      # NAME = ... or A, B = ...
+            names = [n.id for n in ast.walk(node.targets[0]) if isinstance(n, ast.Name)]
+            found[names[0]] = ast.get_source_segment(source, node)
     return found
 
 

@@ -175,7 +175,7 @@ def load_mnist(root):
     try:
         return torchvision.datasets.MNIST(root, train=True, download=True).data
     except Exception as e:                                      # no network, a firewall, damaged files...
-        cause = str(e).strip().splitlines()[-1][:60]            # torchvision's last line says why
+        cause = str(e).strip().split("\n")[-1][:60]            # torchvision's last line says why (may be empty)
         fail(f"no readable MNIST in {Path(root) / 'MNIST' / 'raw'} and no download ({cause}); put the unzipped "
              "train-images-idx3-ubyte and train-labels-idx1-ubyte from the MNIST site there")
 

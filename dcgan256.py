@@ -58,15 +58,14 @@ KEEP_EPOCHS = 3                         # epoch checkpoints kept in checkpoints/
 
 
 # ---- Networks (the 256x256 tables: figure 1 grown by three layers; shapes for the default widths) ------
-class Generator(nn.Module):
+class Generator(nn.Sequential):
     """z (B, z_dim, 1, 1) -> image (B, C, 256, 256) in [-1, 1]. 4x4 transposed convolutions (stride 1, no padding:
     1x1 to 4x4; stride 2, padding 1: twice the size), then the table's last row "Conv, Tanh", a 3x3 convolution to
     C channels. No bias before a BatchNorm (it has one). act: detail 6; the output keeps its Tanh either way."""
 
     def __init__(self, z_dim=100, ngf=8, channels=3, act="relu"):
-        super().__init__()
         relu = (lambda: nn.ReLU(inplace=True)) if act == "relu" else (lambda: nn.LeakyReLU(0.2, inplace=True))
-        self.net = nn.Sequential(                                         # input z: (B, 100, 1, 1)
+        super().__init__(                                                 # input z: (B, 100, 1, 1)
             nn.ConvTranspose2d(z_dim, ngf * 64, 4, 1, 0, bias=False),       # (B, 512, 4, 4): "project and reshape"
             nn.BatchNorm2d(ngf * 64), relu(),                               # (B, 512, 4, 4)
             nn.ConvTranspose2d(ngf * 64, ngf * 32, 4, 2, 1, bias=False),    # (B, 256, 8, 8)
@@ -84,18 +83,14 @@ class Generator(nn.Module):
             nn.Conv2d(ngf, channels, 3, 1, 1), nn.Tanh(),                   # (B, C, 256, 256) in [-1, 1]: details 5, 6
         )
 
-    def forward(self, z):
-        return self.net(z)
 
-
-class Discriminator(nn.Module):
+class Discriminator(nn.Sequential):
     """image (B, C, 256, 256) -> logit (B,). The table gives the sizes of six convolution + max-pool blocks; these
     kernels give them exactly: 3x3 convolutions without padding (size - 2; the second block's with padding 1, size
     kept), 2x2 max-pooling (size // 2). The table's final Sigmoid is inside the loss (detail 3)."""
 
     def __init__(self, ndf=8, channels=3):
-        super().__init__()
-        self.net = nn.Sequential(                                     # input x: (B, C, 256, 256)
+        super().__init__(                                             # input x: (B, C, 256, 256)
             nn.Conv2d(channels, ndf, 3, 1, 0),                          # (B, 8, 254, 254): no BatchNorm (detail 5)
             nn.LeakyReLU(0.2, inplace=True),                            # (B, 8, 254, 254)
             nn.MaxPool2d(2),                                            # (B, 8, 127, 127)
@@ -117,10 +112,8 @@ class Discriminator(nn.Module):
             nn.Flatten(),                                               # (B, 1024)
             nn.Linear(ndf * 32 * 2 * 2, 128), nn.LeakyReLU(0.2, inplace=True),  # (B, 128)
             nn.Linear(128, 1),                                          # (B, 1): the logit of D(x)
+            nn.Flatten(0),                                              # (B,)
         )
-
-    def forward(self, x):
-        return self.net(x).flatten()                                    # (B,)
 
 
 def init_weights(module):

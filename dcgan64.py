@@ -59,15 +59,14 @@ KEEP_EPOCHS = 3                         # epoch checkpoints kept in checkpoints/
 
 
 # ---- Networks (figure 1 of the paper). B is the batch size, C = --channels ---------------------------------
-class Generator(nn.Module):
+class Generator(nn.Sequential):
     """z (B, z_dim, 1, 1) -> image (B, C, 64, 64) in [-1, 1]. Shapes below for --ngf 64; 128 doubles widths.
     4x4 transposed convolutions: stride 1 without padding takes 1x1 to 4x4, stride 2 with padding 1 doubles the
     size. No bias: the BatchNorm after has one (and none on the output, as in the tutorial). act: detail 6."""
 
     def __init__(self, z_dim=100, ngf=64, channels=3, act="relu"):
-        super().__init__()
         relu = (lambda: nn.ReLU(inplace=True)) if act == "relu" else (lambda: nn.LeakyReLU(0.2, inplace=True))
-        self.net = nn.Sequential(                                 # input z: (B, 100, 1, 1)
+        super().__init__(                                         # input z: (B, 100, 1, 1)
             nn.ConvTranspose2d(z_dim, ngf * 8, 4, 1, 0, bias=False),  # (B, 512, 4, 4): "project and reshape"
             nn.BatchNorm2d(ngf * 8), relu(),                        # (B, 512, 4, 4)
             nn.ConvTranspose2d(ngf * 8, ngf * 4, 4, 2, 1, bias=False),  # (B, 256, 8, 8)
@@ -80,18 +79,14 @@ class Generator(nn.Module):
             nn.Tanh() if act == "relu" else relu(),                 # (B, C, 64, 64), in [-1, 1] with Tanh (detail 6)
         )
 
-    def forward(self, z):
-        return self.net(z)
 
-
-class Discriminator(nn.Module):
+class Discriminator(nn.Sequential):
     """image (B, C, 64, 64) -> logit (B,). Shapes below for --ndf 64; 128 doubles widths. 4x4 convolutions with
     stride 2 and padding 1 halve the size (no pooling, detail 4); the last, without padding, takes 4x4 to 1x1.
     The tables' final Sigmoid is inside the loss (detail 3)."""
 
     def __init__(self, ndf=64, channels=3):
-        super().__init__()
-        self.net = nn.Sequential(                                 # input x: (B, C, 64, 64)
+        super().__init__(                                         # input x: (B, C, 64, 64)
             nn.Conv2d(channels, ndf, 4, 2, 1, bias=False),          # (B, 64, 32, 32): no BatchNorm (detail 5)
             nn.LeakyReLU(0.2, inplace=True),                        # (B, 64, 32, 32)
             nn.Conv2d(ndf, ndf * 2, 4, 2, 1, bias=False),           # (B, 128, 16, 16)
@@ -101,10 +96,8 @@ class Discriminator(nn.Module):
             nn.Conv2d(ndf * 4, ndf * 8, 4, 2, 1, bias=False),       # (B, 512, 4, 4)
             nn.BatchNorm2d(ndf * 8), nn.LeakyReLU(0.2, inplace=True),  # (B, 512, 4, 4)
             nn.Conv2d(ndf * 8, 1, 4, 1, 0, bias=False),             # (B, 1, 1, 1): the logit of D(x)
+            nn.Flatten(0),                                          # (B,)
         )
-
-    def forward(self, x):
-        return self.net(x).flatten()                                # (B,)
 
 
 def init_weights(module):

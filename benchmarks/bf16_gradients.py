@@ -59,30 +59,30 @@ class InFP32(nn.Module):
 
 @contextlib.contextmanager
 def in_fp32(nets, pick):
-    """Temporarily wrap the layers pick(net) returns (indices into net.net) in InFP32."""
+    """Temporarily wrap the layers pick(net) returns (indices into net) in InFP32."""
     saved = []
     for net in nets:
         for i in pick(net):
-            saved.append((net, i, net.net[i]))
-            net.net[i] = InFP32(net.net[i])
+            saved.append((net, i, net[i]))
+            net[i] = InFP32(net[i])
     try:
         yield
     finally:
         for net, i, layer in reversed(saved):
-            net.net[i] = layer
+            net[i] = layer
 
 
 def batchnorms(net):
-    return [i for i, m in enumerate(net.net) if isinstance(m, nn.BatchNorm2d)]
+    return [i for i, m in enumerate(net) if isinstance(m, nn.BatchNorm2d)]
 
 
 def ends(net):
-    convs = [i for i, m in enumerate(net.net) if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    convs = [i for i, m in enumerate(net) if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
     return convs[-1:] if isinstance(net, dcgan64.Generator) else [convs[0], convs[-1]]
 
 
 def everything(net):
-    return range(len(net.net))
+    return range(len(net))
 
 
 def gradients(G, D, x, z, amp):
@@ -113,7 +113,7 @@ def states(run):
         out = []
         for p in peer:
             epoch = int(re.findall(r"\d+", p.name)[-1])
-            load = lambda name: {k.replace("main.", "net.", 1): v for k, v in  # noqa: E731
+            load = lambda name: {k.removeprefix("main."): v for k, v in  # noqa: E731
                                  torch.load(run / name, map_location="cpu", weights_only=True).items()}
             out.append((f"after epoch {epoch + 1}", load(p.name), load(f"netD_epoch_{epoch}.pth")))
         return out

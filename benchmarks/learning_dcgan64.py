@@ -94,7 +94,7 @@ def peer_generator(out, epoch):
     """The peer's G after `epoch` epochs, in dcgan64.py's Generator: its `main.K` layers are our `net.K`."""
     state = torch.load(out / f"netG_epoch_{epoch - 1}.pth", map_location="cpu", weights_only=True)
     G = dcgan64.Generator(channels=1)
-    G.load_state_dict({k.replace("main.", "net.", 1): v for k, v in state.items()})  # strict: every layer matches
+    G.load_state_dict({k.removeprefix("main."): v for k, v in state.items()})  # strict: every layer matches
     return G
 
 

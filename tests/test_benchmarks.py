@@ -250,7 +250,7 @@ for epoch in range(2):
         print('[%d/%d][%d/%d] Loss_D: 1.0 Loss_G: 1.0' % (epoch, 2, i, 3))
     torch.manual_seed(epoch)
     state = dcgan64.Generator(channels=1).state_dict()
-    torch.save({{k.replace("net.", "main.", 1): v for k, v in state.items()}}, f"{{opt.outf}}/netG_epoch_{{epoch}}.pth")
+    torch.save({{"main." + k: v for k, v in state.items()}}, f"{{opt.outf}}/netG_epoch_{{epoch}}.pth")
 """
 
 
@@ -277,7 +277,7 @@ def test_learning_benchmark_scores_the_peers_epochs_and_our_steps(patterns, yard
     (tmp_path / "ours").mkdir()
     ours = list(learning_dcgan64.train_ours(pngs, tmp_path / "ours", 1, False, [1, 2], args))
     assert [step for step, _, _ in ours] == [1, 2] and ours[0][2] == 0 and ours[1][2] > 0
-    assert not torch.equal(ours[0][1].net[0].weight, ours[1][1].net[0].weight)  # a step was trained in between
+    assert not torch.equal(ours[0][1][0].weight, ours[1][1][0].weight)  # a step was trained in between
 
     assert torch.equal(learning_dcgan64.draw(peer_g, 16, 8), learning_dcgan64.draw(peer_g, 16, 8))  # the same z
     rows = [learning_dcgan64.score(yardstick, peer_g, "peer", 1, 6, ends[6], args),
@@ -293,11 +293,11 @@ def test_bf16_gradients_come_back_to_fp32_when_every_layer_is_kept_in_fp32(patte
     G, D = bf16_gradients.dcgan64.Generator(ngf=8, channels=1), bf16_gradients.dcgan64.Discriminator(ndf=8, channels=1)
     x, z = bf16_gradients.real_batches(patterns, 4, 1)[0], torch.randn(4, 100, 1, 1)
     ref = bf16_gradients.gradients(G, D, x, z, amp=False)
-    layers = list(G.net)
+    layers = list(G)
     with bf16_gradients.in_fp32((G, D), bf16_gradients.everything):
-        assert all(isinstance(m, bf16_gradients.InFP32) for m in [*G.net, *D.net])
+        assert all(isinstance(m, bf16_gradients.InFP32) for m in [*G, *D])
         wrapped = bf16_gradients.gradients(G, D, x, z, amp=True)
-    assert list(G.net) == layers                                # the layers are given back
+    assert list(G) == layers                                # the layers are given back
     assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(ref, wrapped))
     bf16 = bf16_gradients.gradients(G, D, x, z, amp=True)
     assert 1e-4 < bf16_gradients.compare(bf16[0], ref[0])[0] < 0.5  # bf16 moves D's gradient, a little

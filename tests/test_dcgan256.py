@@ -25,7 +25,7 @@ def test_networks_match_the_published_tables(channels):
     assert layer_shapes(G, torch.randn(2, 100, 1, 1), nn.ConvTranspose2d) == G_TABLE
     assert layer_shapes(G, torch.randn(2, 100, 1, 1), nn.Conv2d) == [(channels, 256, 256)]
     assert layer_shapes(D, torch.randn(2, channels, 256, 256), (nn.Conv2d, nn.MaxPool2d, nn.Linear)) == D_TABLE
-    assert isinstance(G.net[-1], nn.Tanh) and not any(isinstance(m, nn.LeakyReLU) for m in G.modules())
+    assert isinstance(G[-1], nn.Tanh) and not any(isinstance(m, nn.LeakyReLU) for m in G.modules())
     assert {m.negative_slope for m in D.modules() if isinstance(m, nn.LeakyReLU)} == {0.2}
     assert not any(isinstance(m, nn.Sigmoid) for m in D.modules())
     assert D(torch.randn(2, channels, 256, 256)).shape == (2,)
@@ -37,7 +37,7 @@ def test_g_act_leaky_is_the_tables_generator():
     assert layer_shapes(G, torch.randn(2, 100, 1, 1), nn.ConvTranspose2d) == G_TABLE
     hidden = [m for m in G.modules() if isinstance(m, (nn.ReLU, nn.LeakyReLU))]
     assert len(hidden) == len(G_TABLE) and all(type(m) is nn.LeakyReLU and m.negative_slope == 0.2 for m in hidden)
-    assert isinstance(G.net[-1], nn.Tanh)
+    assert isinstance(G[-1], nn.Tanh)
 
 
 def test_trains_resumes_and_generates(photo_folder, tmp_path, capsys):
@@ -60,7 +60,7 @@ def test_trains_resumes_and_generates(photo_folder, tmp_path, capsys):
     dcgan256.main(["--out", str(out), "--generate", "2", "--device", "cpu"])
     assert re.fullmatch(r"wrote 2 images to \S+ and a grid of the first 2 to \S+ \(G: \d+ images/s\)\n",
                         capsys.readouterr().out)
-    assert load_checkpoint(out)["G"]["net.21.weight"].shape == (3, 8, 3, 3)
+    assert load_checkpoint(out)["G"]["21.weight"].shape == (3, 8, 3, 3)
 
     # A dcgan64.py checkpoint is refused by name, in one line.
     torch.save({**ckpt, "script": "dcgan64"}, out / "checkpoint.pt")

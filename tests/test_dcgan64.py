@@ -32,12 +32,12 @@ def test_networks_match_the_published_tables(width, channels):
     assert layer_shapes(G, torch.randn(2, 100, 1, 1), nn.ConvTranspose2d) == g_table
     assert layer_shapes(D, torch.randn(2, channels, 64, 64), nn.Conv2d) == d_table
     # The paper's guidelines: Tanh out of G, ReLU inside it; LeakyReLU(0.2) in D; a logit out of D.
-    assert isinstance(G.net[-1], nn.Tanh) and not any(isinstance(m, nn.LeakyReLU) for m in G.modules())
+    assert isinstance(G[-1], nn.Tanh) and not any(isinstance(m, nn.LeakyReLU) for m in G.modules())
     assert {m.negative_slope for m in D.modules() if isinstance(m, nn.LeakyReLU)} == {0.2}
     assert not any(isinstance(m, nn.Sigmoid) for m in D.modules())
     assert D(torch.randn(2, channels, 64, 64)).shape == (2,)
     # No BatchNorm right after G's output layer nor after D's input layer.
-    assert not isinstance(G.net[-2], nn.BatchNorm2d) and not isinstance(D.net[1], nn.BatchNorm2d)
+    assert not isinstance(G[-2], nn.BatchNorm2d) and not isinstance(D[1], nn.BatchNorm2d)
 
 
 def test_g_act_leaky_is_the_tutorial_tables_generator():
@@ -47,7 +47,7 @@ def test_g_act_leaky_is_the_tutorial_tables_generator():
     assert layer_shapes(G, torch.randn(2, 100, 1, 1), nn.ConvTranspose2d) == TABLES[64][0][:-1] + [(3, 64, 64)]
     acts = [m for m in G.modules() if isinstance(m, (nn.ReLU, nn.LeakyReLU, nn.Tanh))]
     assert len(acts) == 5 and {type(m) for m in acts} == {nn.LeakyReLU} and {m.negative_slope for m in acts} == {0.2}
-    assert isinstance(G.net[-1], nn.LeakyReLU)
+    assert isinstance(G[-1], nn.LeakyReLU)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,7 @@ def test_cache_grayscale(photo_folder, tmp_path, capsys):
                   "--workers", "0", "--max-steps", "2", *SMALL])
     output = capsys.readouterr().out
     assert f"cached {READABLE + 2} images" in output and "truncated.jpg" in output  # 2 stood in for
-    assert load_checkpoint(tmp_path / "run")["G"]["net.12.weight"].shape == (8, 1, 4, 4)
+    assert load_checkpoint(tmp_path / "run")["G"]["12.weight"].shape == (8, 1, 4, 4)
 
 
 def test_resume_mid_epoch_gives_the_same_weights(trained, photo_folder, tmp_path, capsys):
@@ -204,3 +204,4 @@ def test_the_d_wins_warning_fires_once_d_g_z_has_stayed_low_from_step_100(capsys
     assert dcgan64.warn_if_d_wins([0.5] * 30 + low, 100) is None  # said: the log keeps no history after it
     assert capsys.readouterr().out.startswith("warning: D has won: D(G(z)) averaged below 0.02 over 20 steps to step "
                                               "100; such runs rarely recover: restart with another --seed")
+

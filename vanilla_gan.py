@@ -8,9 +8,8 @@ giakou4/gans repository through flags. Both tables are in the README.
     python vanilla_gan.py --z-dim 64 --g-hidden 256 --d-hidden 128 --g-act leaky   # the Simple GAN's networks
     python vanilla_gan.py --resume --epochs 200             # continue the run in --out
     python vanilla_gan.py --generate 1000                   # write images from --out/checkpoint.pt
-Run folder (--out): real.png; samples/epoch_NNNN.png, from the same fixed noise every epoch; log.csv, a row a step;
-checkpoint.pt for --resume (bit for bit on CPU, with the same --batch-size) and the last 3 epochs' in checkpoints/
-for --resume PATH; generated/ (--generate). The README says more, and what to try when D wins outright.
+Run folder (--out): real.png, samples/ (a grid of the same fixed noise each epoch), log.csv (a row a step),
+checkpoint.pt (resumes bit for bit on CPU) and checkpoints/ (the last 3 epochs', for --resume PATH), generated/.
 
 Implementation details, each tied to the paper:
  1. The minimax game V(D, G) = E_x[log D(x)] + E_z[log(1 - D(G(z)))] (eq. 1), trained by alternating one
@@ -22,7 +21,7 @@ Implementation details, each tied to the paper:
  4. Real pixels are scaled to [-1, 1] to match G's Tanh output.
  5. Adam (lr 1e-3, beta1 0.5), as in the CS231n notebook; the paper itself used SGD with momentum.
 """
-import argparse, contextlib, math, os, shutil, signal, time  # noqa: E401 (the standard library)
+import argparse, math, os, shutil, signal, time  # noqa: E401 (the standard library)
 from pathlib import Path
 
 import torch
@@ -120,21 +119,25 @@ def train_step(G, D, opt_G, opt_D, x, z, amp, scaler):
 
 # ---- The training loop -----------------------------------------------------------------------------------
 def train(args):
-    device, out = pick_device(args.device), Path(args.out)
+    (device, dtype), out = setup(args), Path(args.out)          # dtype: --amp's autocast dtype, None for float32
     ckpt = open_run(args, device)                               # None for a new run
-    dtype = precision(args, device)                             # None: float32
     amp = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # float16's, for both optimizers
-    data = load_mnist(args.data).to(device)                     # (N, 28, 28) uint8, on the device once
+    try:                                                        # MNIST's training images, downloaded if missing
+        data = torchvision.datasets.MNIST(args.data, train=True, download=True).data.to(device)  # (N, 28, 28) uint8
+    except Exception as e:                                      # no network, a firewall, damaged files...
+        cause = (str(e).splitlines() or [""])[-1][:60]          # torchvision's last line says why (may be empty)
+        fail(f"no readable MNIST in {Path(args.data) / 'MNIST' / 'raw'} and no download ({cause}); put the unzipped "
+             "train-images-idx3-ubyte and train-labels-idx1-ubyte from the MNIST site there")
     B, per_epoch = args.batch_size, len(data) // args.batch_size  # an epoch's last partial batch is left out
     if per_epoch == 0:
         fail(f"{args.data} holds {len(data)} images, fewer than one batch of {B}")
     torch.manual_seed(args.seed)                                # initial weights
-    G, D, opt_G, opt_D = build(args, device)
+    G, D, opt_G, opt_D = nets = build(args, device)
     fixed_z = noise(64, args, device, torch.Generator().manual_seed(args.seed))  # the grids' z, every epoch
     step = epoch = batch = 0                                    # steps, whole epochs, batches of this epoch done
     if ckpt:
-        for part, key in zip((G, D, opt_G, opt_D, scaler), PARTS):
+        for part, key in zip((*nets, scaler), PARTS):
             if ckpt[key]:                                       # a disabled scaler saved an empty state
                 part.load_state_dict(ckpt[key])
         for group in opt_G.param_groups + opt_D.param_groups:
@@ -143,68 +146,70 @@ def train(args):
     last_step = min(args.max_steps or math.inf, args.epochs * per_epoch)
     if last_step <= step:
         fail(f"the run in {out} is already at step {step} (epoch {epoch}); raise --epochs or --max-steps")
-    (out / "samples").mkdir(parents=True, exist_ok=True)
+    for folder in ("checkpoints", "samples"):
+        (out / folder).mkdir(parents=True, exist_ok=True)
     log = RunLog(out, args, step, last_step, ckpt)
     save_image(data[:64].unsqueeze(1) / 255, out / "real.png", nrow=8)  # (64, 1, 28, 28) in [0, 1]
 
-    with stop_signals() as signals:
-        while step < last_step and not signals:
-            # This epoch's order of the digits, and below each step's z: drawn on the CPU from generators seeded
-            # by (--seed, epoch) and (--seed, step) alone, so a resume needs no random state.
-            order = torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed + epoch)).to(device)
-            for batch in range(batch, per_epoch):               # the rest of this epoch
-                x = data[order[batch * B:(batch + 1) * B]].unsqueeze(1)  # (B, 1, 28, 28) uint8 in [0, 255]
-                x = x.float().div_(127.5).sub_(1.0)             # real images in [-1, 1] (detail 4)
-                z = noise(B, args, device, torch.Generator().manual_seed(hash((args.seed, step))))  # (B, z_dim)
-                stats = train_step(G, D, opt_G, opt_D, x, z, amp, scaler)  # (4,), on the device
-                step += 1
-                log.record(step, epoch + 1, stats)
-                if signals or step == last_step:
-                    break
-            epoch, batch = (epoch + 1, 0) if batch + 1 == per_epoch else (epoch, batch + 1)
-            save(out, args, (G, D, opt_G, opt_D, scaler), log, step=step, epoch=epoch, batch=batch, fixed_z=fixed_z)
+    # Ctrl-C and SIGTERM (also to the whole process group) ask the run to stop: it finishes the step, saves, exits 0.
+    asked = []                                                  # the signals received
+    handlers = {s: signal.signal(s, lambda signum, _: asked.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    while step < last_step and not asked:
+        # This epoch's order of the digits, and below each step's z: drawn on the CPU from generators seeded
+        # by (--seed, epoch) and (--seed, step) alone, so a resume needs no random state.
+        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed + epoch)).to(device)
+        for batch in range(batch, per_epoch):                   # the rest of this epoch
+            x = data[order[batch * B:(batch + 1) * B]].unsqueeze(1)  # (B, 1, 28, 28) uint8 in [0, 255]
+            x = x.float().div_(127.5).sub_(1.0)                 # real images in [-1, 1] (detail 4)
+            z = noise(B, args, device, torch.Generator().manual_seed(hash((args.seed, step))))  # (B, z_dim)
+            stats = train_step(G, D, opt_G, opt_D, x, z, amp, scaler)  # (4,), on the device
+            step += 1
+            log.record(step, epoch + 1, stats)
+            if asked or step == last_step:
+                break
+        epoch, batch = (epoch + 1, 0) if batch + 1 == per_epoch else (epoch, batch + 1)
+        # checkpoint.pt atomically (a .tmp file, then renamed), with the log's length to cut it to on resume
+        log.flush()                                             # and NaN checked: no NaN reaches a checkpoint
+        torch.save({"script": SCRIPT, "args": vars(args), **{k: m.state_dict() for k, m in zip(PARTS, (*nets, scaler))},
+                    "step": step, "epoch": epoch, "batch": batch, "fixed_z": fixed_z,
+                    "time": time.perf_counter() - log.t0, "log_bytes": log.file.tell()}, out / "checkpoint.tmp")
+        os.replace(out / "checkpoint.tmp", out / "checkpoint.pt")
+        if batch == 0:                                          # an epoch's end: keep the last KEEP_EPOCHS epochs'
+            shutil.copyfile(out / "checkpoint.pt", out / "checkpoints" / f"epoch_{epoch:04d}.pt")
+            for path in (out / "checkpoints").glob("epoch_*.pt"):
+                if not epoch - KEEP_EPOCHS < int(path.stem[6:]) <= epoch:  # later ones too: from before a roll-back
+                    path.unlink()
+        grid = (sample(G, fixed_z).float() + 1) / 2             # (64, 1, 28, 28) in [0, 1]
+        save_image(grid, out / "samples" / f"epoch_{epoch + (batch > 0):04d}.png", nrow=8)
+    for s, handler in handlers.items():
+        signal.signal(s, handler)                               # back as they were
     log.file.close()
-    seconds = time.perf_counter() - log.t_first
-    print(f"trained {step - log.first_step} steps in {seconds:.1f} s ({(step - log.first_step) * B / seconds:.0f} "
-          f"images/s); run folder {out}", flush=True)
+    n, seconds = step - log.first_step, time.perf_counter() - log.t_first
+    print(f"trained {n} steps in {seconds:.1f} s ({n * B / seconds:.0f} images/s); run folder {out}")
 
 
-# ---- Plumbing: data, devices, the run folder (checkpoints, log), stopping, generating, flags -------------
-def load_mnist(root):
-    """MNIST's training images, (N, 28, 28) uint8, downloaded by torchvision into root if missing."""
-    try:
-        return torchvision.datasets.MNIST(root, train=True, download=True).data
-    except Exception as e:                                      # no network, a firewall, damaged files...
-        cause = str(e).strip().split("\n")[-1][:60]            # torchvision's last line says why (may be empty)
-        fail(f"no readable MNIST in {Path(root) / 'MNIST' / 'raw'} and no download ({cause}); put the unzipped "
-             "train-images-idx3-ubyte and train-labels-idx1-ubyte from the MNIST site there")
-
-
-def pick_device(name):
-    """--device: auto is cuda if available, else mps if available, else cpu. cuda:N is made current at once."""
+# ---- Plumbing: devices, errors, the run folder (checkpoint, log), generating, flags ----------------------
+def setup(args):
+    """The device (auto: cuda, then mps, then cpu; cuda:N is made current at once) and --amp's autocast dtype, said
+    in one line (None: float32): bfloat16, or float16 with a gradient scaler on GPUs before compute capability 8."""
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
     try:
-        device = torch.device(next(d for d, ok in available.items() if ok) if name == "auto" else name)
+        device = torch.device(next(d for d, ok in available.items() if ok) if args.device == "auto" else args.device)
     except RuntimeError:
-        fail(f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)")
+        fail(f"unknown device {args.device!r} (use auto, cpu, cuda, cuda:N or mps)")
     if not available.get(device.type) or device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        fail(f"--device {name}: not available on this machine (try --device cpu)")
+        fail(f"--device {args.device}: not available on this machine (try --device cpu)")
     if device.type == "cuda":
         torch.cuda.set_device(device)                           # first: nothing lands on GPU 0 by default
-    return device
-
-
-def precision(args, device):
-    """--amp's autocast dtype (None: float32), said in one line: bfloat16, float32's range with no scaler needed, or
-    float16 with a gradient scaler on GPUs before compute capability 8 (T4, V100), whose bfloat16 is emulated."""
-    if args.amp and device.type == "mps":
+    if not args.amp:
+        return device, None
+    if device.type == "mps":
         fail("--amp needs a cpu or cuda device, not mps")
-    major, minor = torch.cuda.get_device_capability(device) if args.amp and device.type == "cuda" else (8, 0)
+    major, minor = torch.cuda.get_device_capability(device) if device.type == "cuda" else (8, 0)
     half = args.amp == "fp16" or args.amp == "auto" and major < 8
-    if args.amp:
-        print("--amp: " + ("float16 autocast with a gradient scaler" if half else "bfloat16 autocast")
-              + (f" (cuda, compute capability {major}.{minor} has no native bfloat16)" if major < 8 else ""))
-    return (torch.float16 if half else torch.bfloat16) if args.amp else None
+    print("--amp: " + ("float16 autocast with a gradient scaler" if half else "bfloat16 autocast")
+          + (f" (cuda, compute capability {major}.{minor} has no native bfloat16)" if major < 8 else ""))
+    return device, torch.float16 if half else torch.bfloat16
 
 
 def fail(message):
@@ -213,8 +218,7 @@ def fail(message):
 
 
 def open_run(args, device):
-    """The checkpoint to go on from (--out/checkpoint.pt or --resume PATH), or None for a new run. It must be this
-    script's, with the same network flags and, to resume, the same --batch-size; else one line says why."""
+    """The checkpoint to go on from (--out/checkpoint.pt or --resume PATH) once checked, or None for a new run."""
     out, training = Path(args.out), not args.generate
     if training and (out.is_file() or not args.resume and (out / "checkpoint.pt").exists()):
         fail(f"--out {out} is a file, not a folder" if out.is_file() else f"--out {out} already holds a run "
@@ -231,30 +235,11 @@ def open_run(args, device):
         fail(f"cannot read checkpoint {path}: it is damaged or not a checkpoint ({type(e).__name__})")
     if owner != SCRIPT:
         fail(f"{path} was not written by {SCRIPT}.py" + (f" but by {owner}.py" if owner else ""))
-    for flag in NETWORK_FLAGS:
+    for flag in NETWORK_FLAGS + ("batch_size",) * training:     # the place in an epoch is counted in batches
         then, now = (str(v).strip("[]").replace(",", "") for v in (ckpt["args"][flag], getattr(args, flag)))
         if then != now:                                         # as typed: [1024, 1024] reads 1024 1024
-            fail(f"{path} was trained with --{flag.replace('_', '-')} {then}, not {now}; pass the same network flags")
-    if training and ckpt["args"]["batch_size"] != args.batch_size:  # the place in an epoch is counted in batches
-        fail(f"{path} was trained with --batch-size {ckpt['args']['batch_size']}; resume with the same")
+            fail(f"{path} was trained with --{flag.replace('_', '-')} {then}, not {now}; use the same to go on")
     return ckpt
-
-
-def save(out, args, models, log, **place):
-    """checkpoint.pt, atomically (a .tmp file, then renamed); at an epoch's end a copy in checkpoints/, which keeps
-    the last KEEP_EPOCHS (later ones, from before a roll-back, go); then the grid of the fixed noise."""
-    log.flush()                                                 # and NaN checked: no NaN reaches a checkpoint
-    torch.save({"script": SCRIPT, "args": vars(args), **{key: m.state_dict() for key, m in zip(PARTS, models)},
-                **place, "time": time.perf_counter() - log.t0, "log_bytes": log.file.tell()}, out / "checkpoint.tmp")
-    os.replace(out / "checkpoint.tmp", out / "checkpoint.pt")
-    if place["batch"] == 0:
-        (out / "checkpoints").mkdir(exist_ok=True)
-        shutil.copyfile(out / "checkpoint.pt", out / "checkpoints" / f"epoch_{place['epoch']:04d}.pt")
-        for path in (out / "checkpoints").glob("epoch_*.pt"):
-            if not place["epoch"] - KEEP_EPOCHS < int(path.stem[6:]) <= place["epoch"]:
-                path.unlink()
-    grid = (sample(models[0], place["fixed_z"]).float() + 1) / 2  # (64, 1, 28, 28) in [0, 1]
-    save_image(grid, out / "samples" / f"epoch_{place['epoch'] + (place['batch'] > 0):04d}.png", nrow=8)
 
 
 class RunLog:
@@ -268,7 +253,7 @@ class RunLog:
         self.t_first = self.t_line = time.perf_counter()
         if ckpt and (out / "log.csv").is_file():                # drop the rows a killed run wrote after ckpt
             os.truncate(out / "log.csv", ckpt["log_bytes"])
-        self.file = open(out / "log.csv", "a" if ckpt else "w")
+        self.file = open(out / "log.csv", "a" if ckpt else "w", buffering=1)  # line-buffered: each row reaches the OS
         self.file.write("" if self.file.tell() else "step,epoch,time,loss_d,loss_g,d_real,d_fake\n")
 
     def record(self, step, epoch, stats):
@@ -282,7 +267,6 @@ class RunLog:
         values = torch.stack([stats for *_, stats in self.pending]).tolist()  # the one host sync
         self.file.writelines(f"{step},{epoch},{t:.3f}," + ",".join(f"{v:.5f}" for v in row) + "\n"
                              for (step, epoch, t, _), row in zip(self.pending, values))
-        self.file.flush()
         (step, epoch, *_), (loss_d, loss_g, d_real, d_fake) = self.pending[-1], values[-1]
         if not math.isfinite(sum(map(sum, values))):            # the last good checkpoint stays
             fail(f"losses became NaN or infinite by step {step}; the last good checkpoint is kept in {self.out}")
@@ -298,23 +282,6 @@ class RunLog:
                   f"last {D_WINS_STEPS} steps (to step {step}), so G learns little; see the README", flush=True)
 
 
-@contextlib.contextmanager
-def stop_signals():
-    """Ctrl-C and SIGTERM fill the list yielded: the run stops after the step. A repeat within a second is the same
-    request (sent to the process group, directly and through a launcher); a later one stops at once."""
-    asked = []
-
-    def handle(signum, frame):
-        if asked and time.monotonic() - asked[0] > 1.0:
-            signal.signal(signum, signal.SIG_DFL)
-            signal.raise_signal(signum)
-        asked.append(time.monotonic())
-    with contextlib.ExitStack() as restore:
-        for s in (signal.SIGINT, signal.SIGTERM):
-            restore.callback(signal.signal, s, signal.signal(s, handle))  # the handler before, back at the end
-        yield asked
-
-
 def sample(G, z):
     """G(z) for the sample grids and --generate, without gradients (G has no BatchNorm: nothing else to set)."""
     with torch.no_grad():
@@ -324,8 +291,8 @@ def sample(G, z):
 def generate(args):
     """--generate N: N PNGs in --out/generated/ and generated_grid.png (the first 64), z drawn as in training, in
     chunks of max(64, --batch-size): memory does not grow with N, and BatchNorm sees 64 images or more."""
-    device, out = pick_device(args.device), Path(args.out)
-    G, ckpt, dtype = build(args, device)[0], open_run(args, device), precision(args, device)
+    (device, dtype), out = setup(args), Path(args.out)
+    G, ckpt = build(args, device)[0], open_run(args, device)
     G.load_state_dict(ckpt["G"])
     rng, chunk, seconds = torch.Generator().manual_seed(args.seed), max(64, args.batch_size), 0.0
     (out / "generated").mkdir(exist_ok=True)

@@ -2,6 +2,7 @@
 through its command line on a folder of mixed images (training, --cache, --generate, --resume bit for bit, bad
 input; torchrun in test_photo_reliability.py)."""
 import re
+import signal
 import shutil
 
 import pytest
@@ -205,3 +206,19 @@ def test_the_d_wins_warning_fires_once_d_g_z_has_stayed_low_from_step_100(capsys
     assert capsys.readouterr().out.startswith("warning: D has won: D(G(z)) averaged below 0.02 over 20 steps to step "
                                               "100; such runs rarely recover: restart with another --seed")
 
+
+
+def test_a_repeat_signal_within_a_second_is_the_same_stop_and_a_later_one_stops_at_once(monkeypatch):
+    """The photo scripts' promise (README, Stopping); the processes of a torchrun job get a signal twice."""
+    now, raised = [100.0], []
+    with dcgan64.Stopper() as stopper, monkeypatch.context() as m:
+        m.setattr(dcgan64.time, "monotonic", lambda: now[0])
+        m.setattr(dcgan64.signal, "signal", lambda signum, handler: None)  # the default action is not installed
+        m.setattr(dcgan64.signal, "raise_signal", raised.append)
+        stopper.handle(signal.SIGTERM, None)
+        now[0] += 0.5
+        stopper.handle(signal.SIGTERM, None)                   # passed on by torchrun: the same request
+        assert stopper.asked == 100.0 and raised == []
+        now[0] += 1.0
+        stopper.handle(signal.SIGINT, None)                    # a second Ctrl-C: the default action, at once
+        assert raised == [signal.SIGINT]

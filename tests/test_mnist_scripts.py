@@ -133,8 +133,8 @@ def test_ctrl_c_saves_a_checkpoint_at_a_step_boundary(tiny_mnist, tmp_path):
 def test_resume_with_another_batch_size_is_refused_in_one_line(script, tiny_mnist, tmp_path):
     train(script, tiny_mnist, tmp_path / "run", "--max-steps", 2)
     message = error_of(script, "--data", tiny_mnist, "--out", tmp_path / "run", "--resume", "--batch-size", 64)
-    assert message == (f"{script}.py: error: {tmp_path / 'run' / 'checkpoint.pt'} was trained with --batch-size 16; "
-                       "resume with the same")
+    assert message == (f"{script}.py: error: {tmp_path / 'run' / 'checkpoint.pt'} was trained with --batch-size 16, "
+                       "not 64; use the same to go on")
 
 
 # ---- when training goes wrong: warnings, and epoch checkpoints to roll back to ---------------------------------
@@ -201,9 +201,9 @@ def test_sigterm_saves_a_checkpoint_at_a_step_boundary_and_exits_0(target, tiny_
     wait_for_steps(proc, out, 4)
     if target == "process":                                    # kill PID
         proc.send_signal(signal.SIGTERM)
-    else:                                                      # a scheduler; twice, as torchrun's children get it
-        os.killpg(proc.pid, signal.SIGTERM)                    # (directly and through torchrun): the second one,
-        time.sleep(0.01)                                       # within a second, must not kill the run
+    else:                                                      # a scheduler; twice, as under a launcher that passes
+        os.killpg(proc.pid, signal.SIGTERM)                    # it on: every signal only asks for the stop, the
+        time.sleep(0.01)                                       # second must not kill the run
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
@@ -344,12 +344,16 @@ def test_z_is_drawn_on_the_cpu_whatever_the_device_in_training_and_generation(ti
 
 
 def precision_of(script, device, amp, monkeypatch, capability=None):
-    """(autocast dtype, line said) of --amp for a device, with CUDA's answers patched. (train() makes the gradient
-    scaler from the dtype, enabled for float16 only: test_float16_with_a_gradient_scaler... runs it.)"""
+    """(autocast dtype, line said) of --amp for a device, with CUDA's and MPS's answers patched. (train() makes the
+    gradient scaler from the dtype, enabled for float16 only: test_float16_with_a_gradient_scaler... runs it.)"""
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
     module = importlib.import_module(script)
     with contextlib.redirect_stdout(io.StringIO()) as said:
-        dtype = module.precision(module.parse_args(["--amp", *amp]), torch.device(device))
+        dtype = module.setup(module.parse_args(["--device", device, "--amp", *amp]))[1]
     return dtype, said.getvalue()
 
 
@@ -396,13 +400,14 @@ def test_dcgan_mnist_is_channels_last_on_cpu_and_cuda_but_not_on_mps(monkeypatch
     assert layouts == [torch.channels_last] * 4 + [torch.contiguous_format] * 2  # G and D on each device
 
 
-def test_pick_device_auto_takes_cuda_and_cuda_n_is_made_current_first(monkeypatch):
+def test_device_auto_takes_cuda_and_cuda_n_is_made_current_first(monkeypatch):
     vanilla_gan = importlib.import_module("vanilla_gan")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     made_current = []
     monkeypatch.setattr(torch.cuda, "set_device", made_current.append)
-    assert vanilla_gan.pick_device("auto") == torch.device("cuda")
-    assert vanilla_gan.pick_device("cuda:1") == torch.device("cuda:1")
+    device_of = lambda name: vanilla_gan.setup(vanilla_gan.parse_args(["--device", name]))  # noqa: E731
+    assert device_of("auto") == (torch.device("cuda"), None)   # None: float32, no --amp
+    assert device_of("cuda:1") == (torch.device("cuda:1"), None)
     assert made_current == [torch.device("cuda"), torch.device("cuda:1")]  # each made current before it is used
-    assert "cuda:2: not available" in pytest.raises(SystemExit, vanilla_gan.pick_device, "cuda:2").value.code
+    assert "cuda:2: not available" in pytest.raises(SystemExit, device_of, "cuda:2").value.code

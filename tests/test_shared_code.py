@@ -17,8 +17,7 @@ OWN = {"MNIST": {"Generator", "Discriminator", "init_weights", "noise", "build",
        "photos": {"Generator", "Discriminator", "init_weights", "IMAGE_SIZE", "NETWORK_FLAGS", "parse_args",
                   "train_step", "train"}}
 # The plumbing each family must share, so that the comparison cannot pass by the scripts no longer sharing names.
-SHARED = {"MNIST": {"train", "load_mnist", "pick_device", "precision", "open_run", "save", "RunLog",
-                    "stop_signals", "generate", "main"},
+SHARED = {"MNIST": {"train", "setup", "fail", "open_run", "RunLog", "generate", "main", "PARTS", "KEEP_EPOCHS"},
           "photos": {"load_image", "Photos", "cache_images", "setup", "amp_dtype", "Stopper", "save", "sample",
                      "load_checkpoint", "open_run", "RunLog", "warn_if_d_wins", "generate", "main"}}
 

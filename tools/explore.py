@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import torch
+import torchvision
 from PIL import Image, ImageDraw, ImageFont
 from torch.utils.data import DataLoader
 from torchvision.transforms.functional import to_pil_image
@@ -70,7 +71,10 @@ class Run:
             fail(f"{path} names the script {script}.py, which is not in {REPO}")
         self.module = importlib.import_module(script)          # as benchmarks/ import them: `import dcgan64`
         self.args = argparse.Namespace(**args)
-        self.device = self.module.pick_device(device)
+        if hasattr(self.module, "pick_device"):                 # dcgan64, dcgan256
+            self.device = self.module.pick_device(device)
+        else:                                                   # MNIST: setup() resolves --device and --amp
+            self.device = self.module.setup(argparse.Namespace(device=device, amp=None))[0]
         # The script's Generator, built with the flags of the run: Generator(z_dim, hidden, act) of the MLP
         # scripts gets --z-dim, --g-hidden, --g-act; Generator(z_dim, ngf, channels, act) of the photo scripts
         # --z-dim, --ngf, --channels, --g-act. A flag older than the checkpoint leaves its argument's default.
@@ -79,7 +83,7 @@ class Run:
                                           for name, p in params}).to(self.device)
         self.G.load_state_dict(weights)
         self.z_dim, self.seed = self.args.z_dim, seed
-        self.photos = hasattr(self.module, "find_images")   # dcgan64, dcgan256 (else MNIST, with load_mnist)
+        self.photos = hasattr(self.module, "find_images")   # dcgan64, dcgan256 (else MNIST)
         self.z_shape = self.module.noise(1, self.args, torch.device("cpu")).shape[1:]  # (z_dim,) or (z_dim, 1, 1)
         self.out = Path(folder) / "explore"
         self.out.mkdir(exist_ok=True)
@@ -295,7 +299,10 @@ def training_images(run, root, chunk, workers):
     prefetching), whatever the size of the folder."""
     m = run.module
     if not run.photos:                                              # MNIST: 47 MB as one tensor, as the scripts hold it
-        data = m.load_mnist(root).unsqueeze(1)                      # (N, 1, 28, 28) uint8
+        try:                                                        # where the script read it (--data)
+            data = torchvision.datasets.MNIST(root, train=True).data.unsqueeze(1)  # (N, 1, 28, 28) uint8
+        except RuntimeError as e:                                   # torchvision: "Dataset not found..."
+            fail(f"no MNIST in {root}: {e}")
         chunks = ((torch.arange(s, s + len(x)), x) for s, x in zip(range(0, len(data), chunk), data.split(chunk)))
         return chunks, lambda i: (data[i], f"MNIST training image {i}")
     files = m.Photos(m.parse_args(["--data", str(root), "--channels", str(run.args.channels), "--batch-size", "1"]),

@@ -2,8 +2,8 @@
 through its command line on a folder of mixed images (training, --cache, --generate, --resume bit for bit, bad
 input; torchrun in test_photo_reliability.py)."""
 import re
-import signal
 import shutil
+import signal
 
 import pytest
 import torch

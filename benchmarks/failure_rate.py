@@ -20,6 +20,10 @@ Failure rate: dead runs / runs, with a 95% Clopper-Pearson interval. The early-w
 evaluated on every run: D(G(z)) averaged over the last --warn-window steps below --warn-below at any step from
 --warn-from on; its margins are the statistic's lowest value over alive runs (any step from --warn-from to
 --steps) and its highest over dead runs (lowest value up to --warn-by).
+How far each of our runs got: benchmarks/mnist_quality.py's distance of --score samples of its last G (the same z
+for every run, BatchNorm on the batch's statistics) to real digits; lower is better. The table gives the mean over
+the alive runs of a variant, to compare how fast variants learn at equal steps. The peer's runs are not scored: they
+keep no G at step --steps.
 
 Writes results/failure_rate.{md,csv} (one row per run) and each run's last sample grid, cropped to its first 64
 samples and halved, as results/failure_rate/<variant>_seed<S>_steps<N>_threads<T>.png. Finished runs are kept in --work (rows.csv and
@@ -29,6 +33,9 @@ another is running (rows.csv is appended to). Text below a
 """
 import argparse
 import csv
+import functools
+import importlib.util
+import json
 import math
 import os
 import re
@@ -47,13 +54,14 @@ from torchvision.transforms.v2 import functional as TF
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import learning_dcgan64  # noqa: E402
+import mnist_quality  # noqa: E402
 
 PEER = "peer"
 PEER_LINE = re.compile(r"^\[(\d+)/\d+\]\[(\d+)/(\d+)\] Loss_D: (\S+) Loss_G: (\S+) D\(x\): (\S+) "
                        r"D\(G\(z\)\): (\S+) / \S+")
 LOG_COLUMNS = ["step", "epoch", "loss_d", "loss_g", "d_real", "d_fake"]
 COLUMNS = ["implementation", "variant", "script", "flags", "seed", "steps", "threads", "outcome", "d_fake_end", "d_real_end",
-           "loss_g_end", "warn_step", "warn_low", "alive_low"]
+           "loss_g_end", "warn_step", "warn_low", "alive_low", "distance"]
 NOTES = "\n## Notes"
 
 
@@ -81,6 +89,7 @@ def parse_args(argv=None):
     p.add_argument("--warn-below", type=float, default=0.03, help="... averages below this ...")
     p.add_argument("--warn-from", type=int, default=60, help="... at a step from this one on")
     p.add_argument("--warn-by", type=int, default=100, help="a dead run must be warned of by this step")
+    p.add_argument("--score", type=int, default=2000, help="samples of each of our runs' last G scored (0: none)")
     p.add_argument("--work", default=str(common.BENCH / "runs" / "failure_rate"), help="run folders")
     p.add_argument("--results", default=str(common.BENCH / "results"))
     args = p.parse_args(argv)
@@ -165,6 +174,27 @@ def classify(log, steps, args):
                 alive_low=round(min(warn.values()), 5))
 
 
+@functools.cache
+def script_module(path):
+    """The script a run was trained with, as it was then (a copy of dcgan64.py may differ from the repo's)."""
+    spec = importlib.util.spec_from_file_location(f"ours_{Path(path).stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def distance(row, args, yardstick):
+    """mnist_quality's distance of --score samples of our run's last G, kept in the run folder once computed."""
+    done = Path(args.work) / run_name(row) / "score.json"
+    if row["implementation"] == PEER or not args.score:
+        return ""
+    if not done.is_file():
+        G = script_module(row["script"]).Generator(channels=1)
+        G.load_state_dict(torch.load(done.parent / "checkpoint.pt", map_location="cpu", weights_only=True)["G"])
+        done.write_text(json.dumps(yardstick().score(learning_dcgan64.draw(G, args.score, 500))))
+    return round(json.loads(done.read_text())["distance"], 1)
+
+
 def clopper_pearson(k, n, level=0.95):
     """Exact binomial interval for k successes of n, by bisection on the binomial tail (no scipy)."""
     def tail(p, upper):                                         # P(X >= k) or P(X <= k) for X ~ Bin(n, p)
@@ -212,9 +242,11 @@ def summary(rows):
     for (impl, variant, flags, steps, threads), rs in sorted(groups.items()):
         dead = sorted(int(r["seed"]) for r in rs if r["outcome"] == "dead")
         lo, hi = clopper_pearson(len(dead), len(rs))
+        scores = [float(r["distance"]) for r in rs if r["outcome"] == "alive" and r.get("distance")]
         table.append([impl, variant, f"`{flags}`" if flags else "", len(rs), len(dead),
                       f"{len(dead) / len(rs):.0%} [{lo:.0%}, {hi:.0%}]", steps, threads,
-                      ", ".join(map(str, dead)) or "none"])
+                      ", ".join(map(str, dead)) or "none",
+                      f"{statistics.mean(scores):.0f} ({min(scores):.0f}-{max(scores):.0f})" if scores else ""])
     return table
 
 
@@ -232,7 +264,7 @@ def write_markdown(path, rows, args, capabilities):
                 f"a time with OMP_NUM_THREADS as in the table. Dead: the median of D(G(z)) below {args.dead_below} over "
                 f"the last {args.window} steps. Rate: dead / seeds with its 95% Clopper-Pearson interval.\n\n")
         f.write(common.md_table(["implementation", "variant", "flags", "seeds", "dead", "failure rate [95%]",
-                                 "steps", "threads", "dead seeds"], summary(rows)))
+                                 "steps", "threads", "dead seeds", "distance, alive: mean (range)"], summary(rows)))
         f.write(f"\nEarly warning: D(G(z)) averaged over the last {args.warn_window} steps below {args.warn_below} "
                 f"at any step from {args.warn_from} on. Lowest value over alive runs (step {args.warn_from} to their "
                 f"last): {min(alive, default=math.nan):.4f}; highest over dead runs of their lowest value "
@@ -246,13 +278,14 @@ def run_name(row):
     return f"{row['variant']}_seed{row['seed']}_steps{row['steps']}_threads{row['threads']}"
 
 
-def with_stats(row, args):
-    """A run's row with the statistics of its log.csv: the criterion is applied anew whenever tables are written."""
+def with_stats(row, args, yardstick):
+    """A run's row with the statistics of its log.csv (the criterion is applied anew whenever tables are written)
+    and its score."""
     log = common.read_log(Path(args.work) / run_name(row) / "log.csv")
-    return {**row, **classify(log, int(row["steps"]), args)}
+    return {**row, **classify(log, int(row["steps"]), args), "distance": distance(row, args, yardstick)}
 
 
-def run(job, args, root, pngs, main_py, env):
+def run(job, args, root, pngs, main_py, env, yardstick):
     impl, seed = job
     row = dict(implementation=impl, variant=PEER if impl == PEER else args.variant,
                script=main_py if impl == PEER else Path(args.ours).resolve(), flags="" if impl == PEER else args.flags, seed=seed, steps=args.steps, threads=args.threads)
@@ -261,7 +294,7 @@ def run(job, args, root, pngs, main_py, env):
     out.mkdir(parents=True)
     grid = train_peer(main_py, root, out, seed, args, env) if impl == PEER else train_ours(pngs, out, seed, args, env)
     small_grid(grid, Path(args.results) / "failure_rate" / f"{out.name}.png")
-    return with_stats(row, args)
+    return with_stats(row, args, yardstick)
 
 
 def main(argv=None):
@@ -280,13 +313,14 @@ def main(argv=None):
     jobs = [(impl, s) for impl, ss in (("dcgan64.py", args.seeds), (PEER, args.peer_seeds)) for s in ss
             if ((PEER if impl == PEER else args.variant), s, args.steps, args.threads) not in done]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    yardstick = functools.cache(lambda: mnist_quality.Yardstick(args.mnist))  # made on first use
     with ThreadPoolExecutor(args.jobs) as pool:
-        for future in as_completed([pool.submit(run, job, args, root, pngs, main_py, env) for job in jobs]):
+        for future in as_completed([pool.submit(run, job, args, root, pngs, main_py, env, yardstick) for job in jobs]):
             row = future.result()
             print(" ".join(f"{k}={row[k]}" for k in ("variant", "seed", "outcome", "d_fake_end", "warn_step")),
                   flush=True)
             write_rows(work / "rows.csv", [row], mode="a")
-    rows = [with_stats(r, args) for r in read_rows(work / "rows.csv")]
+    rows = [with_stats(r, args, yardstick) for r in read_rows(work / "rows.csv")]
     write_rows(res / "failure_rate.csv", rows)
     write_markdown(res / "failure_rate.md", rows, args, capabilities)
     print((res / "failure_rate.md").read_text())

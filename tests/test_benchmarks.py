@@ -6,6 +6,7 @@ scripts' command-line contract in milliseconds, so these tests check the tools, 
 import csv
 import math
 import shutil
+import types
 
 import pytest
 import torch
@@ -370,7 +371,8 @@ def test_failure_rate_classifies_runs_from_d_of_g_of_z_and_adds_variants(tiny_mn
     (tmp_path / "ours.py").write_text(FAKE_FAILING_OURS.format(grid=str(tmp_path / "ours.png")))
     common_args = ["--examples", str(tmp_path / "examples"), "--mnist", str(tiny_mnist), "--ours",
                    str(tmp_path / "ours.py"), "--steps", "4", "--window", "2", "--warn-window", "2", "--warn-from",
-                   "2", "--warn-by", "3", "--work", str(tmp_path / "work"), "--results", str(tmp_path / "res")]
+                   "2", "--warn-by", "3", "--work", str(tmp_path / "work"), "--results", str(tmp_path / "res"),
+                   "--score", "0"]                                # the fakes keep no G (scoring: the test below)
     failure_rate.main([*common_args, "--seeds", "1-2"])
     with open(tmp_path / "work" / "peer_seed1_steps4_threads1" / "log.csv") as f:
         assert [int(r["step"]) for r in csv.DictReader(f)] == [1, 2, 3, 4]  # stopped after step 5 was printed
@@ -386,8 +388,24 @@ def test_failure_rate_classifies_runs_from_d_of_g_of_z_and_adds_variants(tiny_mn
     assert rows["default", "1"]["warn_step"] == "2" and rows["default", "2"]["warn_step"] == ""
     assert rows["ttur", "1"]["outcome"] == "alive" and rows["ttur", "1"]["flags"] == "--lr-d 1e-4"
     md = (tmp_path / "res" / "failure_rate.md").read_text()
-    assert "| dcgan64.py | default |  | 2 | 1 | 50% [1%, 99%] | 4 | 1 | 1 |" in md
+    assert "| dcgan64.py | default |  | 2 | 1 | 50% [1%, 99%] | 4 | 1 | 1 |  |" in md
     assert "| dcgan64.py | ttur | `--lr-d 1e-4` | 2 | 0 | 0% [0%, 84%] | 4 | 1 | none |" in md
     assert "| peer | peer |  | 2 | 1 |" in md and "Fired on 2/2 dead runs and 0/4 alive runs" in md
     assert md.endswith("## Notes\n\nseen on the grids\n")       # kept when the tables are written again
 
+
+
+def test_failure_rate_scores_the_last_g_of_our_runs_with_the_script_it_was_trained_with(tmp_path):
+    import failure_rate
+    run = dict(implementation="dcgan64.py", variant="v", script=str(REPO / "dcgan64.py"), seed=1, steps=4, threads=1)
+    (tmp_path / "v_seed1_steps4_threads1").mkdir()
+    G = learning_dcgan64.dcgan64.Generator(channels=1)
+    torch.save({"G": G.state_dict()}, tmp_path / "v_seed1_steps4_threads1" / "checkpoint.pt")
+    scored = []
+    def yardstick():
+        return types.SimpleNamespace(score=lambda images: scored.append(images) or {"distance": 12.34})
+    args = types.SimpleNamespace(work=tmp_path, score=600)
+    assert failure_rate.distance(run, args, yardstick) == 12.3
+    assert scored[0].shape == (600, 1, 64, 64) and scored[0].dtype == torch.uint8  # as --generate's PNGs hold them
+    assert failure_rate.distance(run, args, None) == 12.3       # kept in the run folder: not scored again
+    assert failure_rate.distance({**run, "implementation": "peer"}, args, None) == ""

@@ -80,15 +80,15 @@ def parse_args(argv=None):
     p.add_argument("--flags", default="", help="extra flags for our runs, one string")
     p.add_argument("--seeds", nargs="*", type=seeds, default=[list(range(1, 17))], help="our seeds, e.g. 1-16")
     p.add_argument("--peer-seeds", nargs="*", type=seeds, help="the peer's seeds (default: --seeds; none: no peer)")
-    p.add_argument("--steps", type=int, default=240, help="optimizer steps of each run")
-    p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of each run")
-    p.add_argument("--jobs", type=int, default=2, help="runs at the same time")
+    p.add_argument("--steps", type=int, default=200, help="optimizer steps of each run")
+    p.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of each run")
+    p.add_argument("--jobs", type=int, default=1, help="runs at the same time")
     p.add_argument("--window", type=int, default=40, help="dead: D(G(z)) over the last WINDOW steps ...")
-    p.add_argument("--dead-below", type=float, default=0.03, help="... has a median below this")
+    p.add_argument("--dead-below", type=float, default=0.015, help="... has a median below this")
     p.add_argument("--warn-window", type=int, default=20, help="early warning: D(G(z)) over WINDOW steps ...")
-    p.add_argument("--warn-below", type=float, default=0.03, help="... averages below this ...")
-    p.add_argument("--warn-from", type=int, default=60, help="... at a step from this one on")
-    p.add_argument("--warn-by", type=int, default=100, help="a dead run must be warned of by this step")
+    p.add_argument("--warn-below", type=float, default=0.02, help="... averages below this ...")
+    p.add_argument("--warn-from", type=int, default=100, help="... at a step from this one on")
+    p.add_argument("--warn-by", type=int, default=130, help="a dead run must be warned of by this step")
     p.add_argument("--score", type=int, default=2000, help="samples of each of our runs' last G scored (0: none)")
     p.add_argument("--work", default=str(common.BENCH / "runs" / "failure_rate"), help="run folders")
     p.add_argument("--results", default=str(common.BENCH / "results"))
@@ -252,8 +252,6 @@ def summary(rows):
 
 def write_markdown(path, rows, args, capabilities):
     notes = path.read_text().partition(NOTES)[2] if path.is_file() else ""
-    alive = [float(r["alive_low"]) for r in rows if r["outcome"] == "alive"]
-    dead = [float(r["warn_low"]) for r in rows if r["outcome"] == "dead"]
     with open(path, "w") as f:
         f.write("## How often a DCGAN at 64x64 fails from the start: dcgan64.py and pytorch/examples on MNIST\n\n")
         f.write(f"Machine: {common.machine_line({**common.machine_info(), 'torch_threads': args.threads})}.\n\nCPU capabilities: {capabilities}.\n\n")
@@ -266,11 +264,16 @@ def write_markdown(path, rows, args, capabilities):
         f.write(common.md_table(["implementation", "variant", "flags", "seeds", "dead", "failure rate [95%]",
                                  "steps", "threads", "dead seeds", "distance, alive: mean (range)"], summary(rows)))
         f.write(f"\nEarly warning: D(G(z)) averaged over the last {args.warn_window} steps below {args.warn_below} "
-                f"at any step from {args.warn_from} on. Lowest value over alive runs (step {args.warn_from} to their "
-                f"last): {min(alive, default=math.nan):.4f}; highest over dead runs of their lowest value "
-                f"up to step {args.warn_by}: {max(dead, default=math.nan):.4f}. Fired on "
-                f"{sum(bool(r['warn_step']) for r in rows if r['outcome'] == 'dead')}/{len(dead)} dead runs and "
-                f"{sum(bool(r['warn_step']) for r in rows if r['outcome'] == 'alive')}/{len(alive)} alive runs.\n")
+                f"at any step from {args.warn_from} on. Per variant: the statistic's lowest value over alive runs (step "
+                f"{args.warn_from} to their last), the highest over dead runs of their lowest value up to step "
+                f"{args.warn_by}, and the runs it fired on.\n\n")
+        for variant in sorted({r["variant"] for r in rows}):
+            alive = [r for r in rows if r["variant"] == variant and r["outcome"] == "alive"]
+            dead = [r for r in rows if r["variant"] == variant and r["outcome"] == "dead"]
+            f.write(f"- {variant}: lowest alive {min((float(r['alive_low']) for r in alive), default=math.nan):.4f}, "
+                    f"highest dead {max((float(r['warn_low']) for r in dead), default=math.nan):.4f}; fired on "
+                    f"{sum(bool(r['warn_step']) for r in dead)}/{len(dead)} dead runs and "
+                    f"{sum(bool(r['warn_step']) for r in alive)}/{len(alive)} alive runs.\n")
         f.write(f"{NOTES}{notes}" if notes else "")
 
 

@@ -372,7 +372,7 @@ def test_failure_rate_classifies_runs_from_d_of_g_of_z_and_adds_variants(tiny_mn
     common_args = ["--examples", str(tmp_path / "examples"), "--mnist", str(tiny_mnist), "--ours",
                    str(tmp_path / "ours.py"), "--steps", "4", "--window", "2", "--warn-window", "2", "--warn-from",
                    "2", "--warn-by", "3", "--work", str(tmp_path / "work"), "--results", str(tmp_path / "res"),
-                   "--score", "0"]                                # the fakes keep no G (scoring: the test below)
+                   "--threads", "1", "--jobs", "2", "--score", "0"]  # the fakes keep no G (scoring: the test below)
     failure_rate.main([*common_args, "--seeds", "1-2"])
     with open(tmp_path / "work" / "peer_seed1_steps4_threads1" / "log.csv") as f:
         assert [int(r["step"]) for r in csv.DictReader(f)] == [1, 2, 3, 4]  # stopped after step 5 was printed
@@ -390,7 +390,8 @@ def test_failure_rate_classifies_runs_from_d_of_g_of_z_and_adds_variants(tiny_mn
     md = (tmp_path / "res" / "failure_rate.md").read_text()
     assert "| dcgan64.py | default |  | 2 | 1 | 50% [1%, 99%] | 4 | 1 | 1 |  |" in md
     assert "| dcgan64.py | ttur | `--lr-d 1e-4` | 2 | 0 | 0% [0%, 84%] | 4 | 1 | none |" in md
-    assert "| peer | peer |  | 2 | 1 |" in md and "Fired on 2/2 dead runs and 0/4 alive runs" in md
+    assert "| peer | peer |  | 2 | 1 |" in md and "- default: lowest alive 0.3000, highest dead 0.0010; fired on 1/1 dead " \
+        "runs and 0/1 alive runs." in md
     assert md.endswith("## Notes\n\nseen on the grids\n")       # kept when the tables are written again
 
 

@@ -215,8 +215,8 @@ def read_rows(path):
     """The runs recorded in path, the last row of each (variant, seed, steps, threads)."""
     if not path.is_file():
         return []
-    with open(path, newline="") as f:
-        return list({key(r): r for r in csv.DictReader(f)}.values())
+    with open(path, newline="") as f:                           # columns added since the header was written
+        return list({key(r): {k: v for k, v in r.items() if k is not None} for r in csv.DictReader(f)}.values())
 
 
 def key(row):

@@ -410,3 +410,11 @@ def test_failure_rate_scores_the_last_g_of_our_runs_with_the_script_it_was_train
     assert scored[0].shape == (600, 1, 64, 64) and scored[0].dtype == torch.uint8  # as --generate's PNGs hold them
     assert failure_rate.distance(run, args, None) == 12.3       # kept in the run folder: not scored again
     assert failure_rate.distance({**run, "implementation": "peer"}, args, None) == ""
+
+
+def test_failure_rate_reads_rows_appended_with_a_column_its_header_lacks(tmp_path):
+    import failure_rate
+    (tmp_path / "rows.csv").write_text("implementation,variant,script,flags,seed,steps,threads\n"
+                                       "peer,peer,main.py,,1,200,2,12.5\n")  # a newer row: one more column
+    assert failure_rate.read_rows(tmp_path / "rows.csv") == [dict(
+        implementation="peer", variant="peer", script="main.py", flags="", seed="1", steps="200", threads="2")]

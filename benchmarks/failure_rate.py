@@ -4,7 +4,7 @@
     python benchmarks/failure_rate.py --examples ../examples --mnist ./data --seeds 1-16 --peer-seeds 1-16
     python benchmarks/failure_rate.py --examples ../examples --mnist ./data --seeds 1-16 --peer-seeds \\
         --variant fixed --ours ../study/dcgan64_fixed.py          # the same measurement of a changed script
-    python benchmarks/failure_rate.py ... --variant lr-d-1e-4 --flags="--lr-d 1e-4"   # extra flags for our runs
+    python benchmarks/failure_rate.py ... --variant paper --flags="--lr-g 2e-4"   # extra flags for our runs
 
 Both train the 1x64x64 networks (z of 100, ngf = ndf = 64) in fp32 with batch 128 on the same 9,984 digits (an
 epoch is 78 steps), each seed for --steps optimizer steps, OMP_NUM_THREADS=--threads each and --jobs runs at a

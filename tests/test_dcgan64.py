@@ -144,7 +144,7 @@ def test_bad_data_folders(photo_folder, tmp_path):
 
 
 def test_bad_flags_and_devices(tmp_path):
-    for flag, value in [("--batch-size", "0"), ("--lr", "-1"), ("--lr", "nan"), ("--epochs", "0"), ("--max-steps", "0"),
+    for flag, value in [("--batch-size", "0"), ("--lr", "-1"), ("--lr-g", "nan"), ("--epochs", "0"), ("--max-steps", "0"),
                         ("--generate", "0"), ("--ngf", "0"), ("--workers", "-1")]:
         fails_with([flag, value], "must be")
     if not torch.cuda.is_available():
@@ -189,12 +189,15 @@ def test_nan_losses_stop_the_run_and_keep_the_checkpoint(trained, photo_folder, 
     assert (out / "checkpoint.pt").read_bytes() == before
 
 
-def test_a_resume_may_lower_the_learning_rate(trained, photo_folder, tmp_path):
+def test_g_learns_at_twice_ds_rate_and_a_resume_may_lower_either(trained, photo_folder, tmp_path):
+    def rates(ckpt):
+        return [{g["lr"] for g in ckpt[o]["param_groups"]} for o in ("opt_G", "opt_D")]
+    assert rates(load_checkpoint(trained[0])) == [{4e-4}, {2e-4}]
     shutil.copytree(trained[0], tmp_path / "run")
     dcgan64.main(["--data", str(photo_folder), "--out", str(tmp_path / "run"), "--resume", "--epochs", "3",
-                  "--lr", "1e-4", "--workers", "0", *SMALL])
+                  "--lr", "1e-4", "--lr-g", "3e-4", "--workers", "0", *SMALL])
     ckpt = load_checkpoint(tmp_path / "run")
-    assert ckpt["step"] == 12 and {g["lr"] for o in ("opt_G", "opt_D") for g in ckpt[o]["param_groups"]} == {1e-4}
+    assert ckpt["step"] == 12 and rates(ckpt) == [{3e-4}, {1e-4}]
 
 
 def test_the_d_wins_warning_fires_once_d_g_z_has_stayed_low_from_step_100(capsys):

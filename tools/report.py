@@ -13,9 +13,9 @@ It writes into the run folder:
 
 and prints one line per sign of trouble (see "When training goes wrong" in the README):
   D won outright  D(G(z)) averaged below --below over --window steps, from step A to step B: D tells every fake
-                  apart, loss_g is large and G's gradient fades. Try a lower --lr (the scripts have one for G
-                  and D; a lower one for D alone, or one-sided label smoothing with real labels 0.9, are edits
-                  of the script) and restart from an epoch checkpoint from before step A:
+                  apart, loss_g is large and G's gradient fades. Try a lower --lr (D's in the photo scripts,
+                  where --lr-g is G's; both nets' in the MNIST scripts; one-sided label smoothing with real
+                  labels 0.9 is an edit of the script) and restart from an epoch checkpoint from before step A:
                   --resume RUN/checkpoints/epoch_NNNN.pt.
   diversity fell  the grid's diversity (the standard deviation of each pixel across its 64 cells, in [0, 1],
                   averaged over the pixels; 0 when all cells are the same) fell below a third of the run's best
@@ -25,7 +25,6 @@ and prints one line per sign of trouble (see "When training goes wrong" in the R
 import argparse
 import csv
 import itertools
-import sys
 from pathlib import Path
 
 import torch

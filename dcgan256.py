@@ -21,7 +21,9 @@ Implementation details, each tied to the paper (section numbers of arXiv:1511.06
     numerically stable, and safe under autocast (the table's Sigmoid layer followed by BCELoss is neither).
  4. G is all-convolutional: transposed convolutions, no fully connected layer (section 3, guidelines 1 and 3).
     D is the table's, against those guidelines: 3x3 convolutions with max-pooling, a hidden Linear of 128.
- 5. BatchNorm in G and D, except G's output layer and D's input block (section 3, guideline 2).
+ 5. BatchNorm in G, except its output layer (section 3, guideline 2). Not in D by default, against the guideline
+    and the table: with it G stayed grey noise on 256x256 digits for 720 steps; without it G drew shapes by step
+    312 (README, "Does every seed learn?"). --d-bn puts the table's back.
  6. ReLU in G with Tanh on the output, LeakyReLU(0.2) in D (section 3, guidelines 4 and 5; slope 0.2 from
     section 4). The table writes LeakyReLU in G's hidden layers: --g-act leaky builds exactly that generator.
  7. z ~ N(0, I) of size 100 is "projected and reshaped" to 4x4 (figure 1) by a 4x4 transposed convolution of
@@ -29,7 +31,9 @@ Implementation details, each tied to the paper (section numbers of arXiv:1511.06
  8. Images scaled to [-1, 1], the range of Tanh, and no other pre-processing (section 4); photos are resized on
     their shorter side and centre-cropped to 256x256 first.
  9. Weights from N(0, 0.02) (section 4); BatchNorm scales from N(1, 0.02), biases 0 (the tutorial's choice).
-10. Adam, lr 0.0002, beta1 0.5 ("0.9 resulted in training oscillation and instability", section 4).
+10. Adam, beta1 0.5 ("0.9 resulted in training oscillation and instability", section 4). D's lr is the paper's
+    0.0002, G's twice that (two time-scales, Heusel et al. 2017, arXiv:1706.08500), as in dcgan64.py, where it
+    stopped the deaths of some seeds at the start (README). --lr-g 2e-4 gives the paper's recipe.
 """
 import argparse, os, shutil, signal, time  # noqa: E401 (the standard library)
 from pathlib import Path
@@ -51,7 +55,7 @@ except ImportError:
 
 SCRIPT = Path(__file__).stem
 IMAGE_SIZE = 256                                                # images are IMAGE_SIZE x IMAGE_SIZE
-NETWORK_FLAGS = ("z_dim", "ngf", "ndf", "channels", "g_act")    # must match between a checkpoint and the flags
+NETWORK_FLAGS = ("z_dim", "ngf", "ndf", "channels", "g_act", "d_bn")  # must match between a checkpoint and the flags
 SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")  # the image files read
 D_WINS_STEPS, D_WINS_BELOW, D_WINS_FROM = 20, 0.02, 100  # D has won: D(G(z)) below 0.02 over 20 steps, from step 100
 KEEP_EPOCHS = 3                         # epoch checkpoints kept in checkpoints/
@@ -87,27 +91,30 @@ class Generator(nn.Sequential):
 class Discriminator(nn.Sequential):
     """image (B, C, 256, 256) -> logit (B,). The table gives the sizes of six convolution + max-pool blocks; these
     kernels give them exactly: 3x3 convolutions without padding (size - 2; the second block's with padding 1, size
-    kept), 2x2 max-pooling (size // 2). The table's final Sigmoid is inside the loss (detail 3)."""
+    kept), 2x2 max-pooling (size // 2). The table's final Sigmoid is inside the loss (detail 3). bn: the table's
+    BatchNorm in blocks 2-6 (--d-bn), off by default (detail 5): over an all-fake batch it cancels any change of G's
+    that moves a channel's batch mean, such as the dark background G must learn first."""
 
-    def __init__(self, ndf=8, channels=3):
+    def __init__(self, ndf=8, channels=3, bn=False):
+        norm = nn.BatchNorm2d if bn else (lambda width: nn.Identity())
         super().__init__(                                             # input x: (B, C, 256, 256)
             nn.Conv2d(channels, ndf, 3, 1, 0),                          # (B, 8, 254, 254): no BatchNorm (detail 5)
             nn.LeakyReLU(0.2, inplace=True),                            # (B, 8, 254, 254)
             nn.MaxPool2d(2),                                            # (B, 8, 127, 127)
-            nn.Conv2d(ndf, ndf * 2, 3, 1, 1, bias=False),               # (B, 16, 127, 127): padding 1 here
-            nn.BatchNorm2d(ndf * 2), nn.LeakyReLU(0.2, inplace=True),   # (B, 16, 127, 127)
+            nn.Conv2d(ndf, ndf * 2, 3, 1, 1, bias=not bn),              # (B, 16, 127, 127): padding 1 here
+            norm(ndf * 2), nn.LeakyReLU(0.2, inplace=True),             # (B, 16, 127, 127)
             nn.MaxPool2d(2),                                            # (B, 16, 63, 63)
-            nn.Conv2d(ndf * 2, ndf * 4, 3, 1, 0, bias=False),           # (B, 32, 61, 61)
-            nn.BatchNorm2d(ndf * 4), nn.LeakyReLU(0.2, inplace=True),   # (B, 32, 61, 61)
+            nn.Conv2d(ndf * 2, ndf * 4, 3, 1, 0, bias=not bn),          # (B, 32, 61, 61)
+            norm(ndf * 4), nn.LeakyReLU(0.2, inplace=True),             # (B, 32, 61, 61)
             nn.MaxPool2d(2),                                            # (B, 32, 30, 30)
-            nn.Conv2d(ndf * 4, ndf * 8, 3, 1, 0, bias=False),           # (B, 64, 28, 28)
-            nn.BatchNorm2d(ndf * 8), nn.LeakyReLU(0.2, inplace=True),   # (B, 64, 28, 28)
+            nn.Conv2d(ndf * 4, ndf * 8, 3, 1, 0, bias=not bn),          # (B, 64, 28, 28)
+            norm(ndf * 8), nn.LeakyReLU(0.2, inplace=True),             # (B, 64, 28, 28)
             nn.MaxPool2d(2),                                            # (B, 64, 14, 14)
-            nn.Conv2d(ndf * 8, ndf * 16, 3, 1, 0, bias=False),          # (B, 128, 12, 12)
-            nn.BatchNorm2d(ndf * 16), nn.LeakyReLU(0.2, inplace=True),  # (B, 128, 12, 12)
+            nn.Conv2d(ndf * 8, ndf * 16, 3, 1, 0, bias=not bn),         # (B, 128, 12, 12)
+            norm(ndf * 16), nn.LeakyReLU(0.2, inplace=True),            # (B, 128, 12, 12)
             nn.MaxPool2d(2),                                            # (B, 128, 6, 6)
-            nn.Conv2d(ndf * 16, ndf * 32, 3, 1, 0, bias=False),         # (B, 256, 4, 4)
-            nn.BatchNorm2d(ndf * 32), nn.LeakyReLU(0.2, inplace=True),  # (B, 256, 4, 4)
+            nn.Conv2d(ndf * 16, ndf * 32, 3, 1, 0, bias=not bn),        # (B, 256, 4, 4)
+            norm(ndf * 32), nn.LeakyReLU(0.2, inplace=True),            # (B, 256, 4, 4)
             nn.MaxPool2d(2),                                            # (B, 256, 2, 2)
             nn.Flatten(),                                               # (B, 1024)
             nn.Linear(ndf * 32 * 2 * 2, 128), nn.LeakyReLU(0.2, inplace=True),  # (B, 128)
@@ -132,26 +139,24 @@ def noise(n, args, device, rng=None):
 
 
 def build(args, device):
-    """G and D (channels-last on CPU and CUDA, see memory_format), and Adam with beta1 = 0.5 (detail 10), fused:
-    one kernel for all parameters (CPU, CUDA and MPS since torch 2.4)."""
-    G, D = Generator(args.z_dim, args.ngf, args.channels, args.g_act), Discriminator(args.ndf, args.channels)
+    """G and D (channels-last on CPU and CUDA: memory_format), and their Adam (detail 10), fused: one kernel."""
+    G, D = Generator(args.z_dim, args.ngf, args.channels, args.g_act), Discriminator(args.ndf, args.channels, args.d_bn)
     G, D = (net.apply(init_weights).to(device, memory_format=memory_format(device)) for net in (G, D))
-    return G, D, *(torch.optim.Adam(net.parameters(), args.lr, betas=(0.5, 0.999), fused=True) for net in (G, D))
+    return G, D, *(torch.optim.Adam(net.parameters(), lr, betas=(0.5, 0.999), fused=True)
+                   for net, lr in ((G, args.lr_g), (D, args.lr)))
 
 
 # ---- Losses and one iteration of Algorithm 1 (Goodfellow et al., with the DCGAN settings) ------------------
 def train_step(G, D, D_frozen, opt_G, opt_D, x, z, amp, scaler):
     """One iteration of Algorithm 1 with k = 1: a D step, then a G step, on real x (B, C, 256, 256) and noise z.
-    G and D may be wrapped (DDP, torch.compile); D_frozen is D without DDP, for the G step (DDP would wait for D's
-    gradients). amp: the autocast context; scaler: a GradScaler, active for float16 only (small gradients would
-    underflow). Returns loss_D, loss_G, D(x), D(G(z)): (4,), on the device."""
+    G, D may be wrapped (DDP, torch.compile); D_frozen is D without DDP (which would wait for D's gradients) for the
+    G step. amp: an autocast context; scaler: a GradScaler, for float16 only. Returns loss_D, loss_G, D(x), D(G(z))."""
     ones = torch.ones(len(x), device=x.device)                  # (B,) target "real"
     zeros = torch.zeros(len(x), device=x.device)                # (B,) target "fake"
     with amp:
         fake = G(z)                                             # (B, C, 256, 256), used by both steps
         # -- D step (Algorithm 1, ascend the gradient of eq. 1): maximise log D(x) + log(1 - D(G(z))), i.e.
-        # minimise BCE(D(x), 1) + BCE(D(G(z)), 0). Real and fake go through D separately, so each BatchNorm
-        # normalises an all-real or an all-fake batch, as in the tutorial. detach(): G is not updated here.
+        # minimise BCE(D(x), 1) + BCE(D(G(z)), 0); all-real and all-fake batches. detach(): G is not updated here.
         real_logits = D(x).float()                              # (B,)
         fake_logits = D(fake.detach()).float()                  # (B,)
         loss_d = (F.binary_cross_entropy_with_logits(real_logits, ones)
@@ -193,8 +198,8 @@ def train(args):
         for net, key in ((G, "G"), (D, "D"), (opt_G, "opt_G"), (opt_D, "opt_D")):
             net.load_state_dict(ckpt[key])
         scaler.load_state_dict(ckpt["scaler"] or scaler.state_dict())  # {}: saved without float16
-        for group in opt_G.param_groups + opt_D.param_groups:
-            group["lr"] = args.lr                               # a resumed run may change the learning rate
+        for opt, lr in ((opt_G, args.lr_g), (opt_D, args.lr)):  # a resumed run may change the learning rates
+            opt.param_groups[0]["lr"] = lr                      # one group: all of the net's parameters
         step, epoch, batch, fixed_z = ckpt["step"], ckpt["epoch"], ckpt["batch"], ckpt["fixed_z"].cpu()
     last = step + data.steps - batch + (args.epochs - epoch - 1) * data.steps if epoch < args.epochs else step
     last = min(last, args.max_steps or last)
@@ -558,11 +563,13 @@ def parse_args(argv=None):
     p.add_argument("--data", default="./data", help="folder of images, searched recursively (e.g. ./celeba)")
     p.add_argument("--epochs", type=int, default=5, help="train until the end of this epoch")
     p.add_argument("--batch-size", type=int, default=128, help="images per step (per process under torchrun)")
-    p.add_argument("--lr", type=float, default=2e-4, help="Adam's learning rate, for G and D")
+    p.add_argument("--lr", type=float, default=2e-4, help="D's Adam learning rate (the paper's, for G and D)")
+    p.add_argument("--lr-g", type=float, default=4e-4, help="G's: twice D's (detail 10); 2e-4 the paper's recipe")
     p.add_argument("--z-dim", type=int, default=100, help="size of the noise vector z")
     p.add_argument("--ngf", type=int, default=8, help="G's last hidden width: 8 the tables' (the first is 64 times it)")
     p.add_argument("--ndf", type=int, default=8, help="D's first width: 8 the tables' (the last is 32 times it)")
     p.add_argument("--g-act", choices=["relu", "leaky"], default="relu", help="G's activations (leaky: the table's)")
+    p.add_argument("--d-bn", action="store_true", help="BatchNorm in D's hidden blocks, as the table has")
     p.add_argument("--channels", type=int, choices=[1, 3], default=3, help="3 for colour, 1 for grayscale")
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="image decoding processes")
     p.add_argument("--cache", action="store_true", help="decode every image once into memory (GPU memory if it fits)")
@@ -576,7 +583,7 @@ def parse_args(argv=None):
     p.add_argument("--amp", nargs="?", const="auto", choices=["auto", "bf16", "fp16"], help="bf16, fp16 before Ampere")
     p.add_argument("--log-every", type=float, default=5.0, help="seconds between progress lines")
     args = p.parse_args(argv)
-    for flag in ("epochs", "batch_size", "lr", "z_dim", "ngf", "ndf", "max_steps", "generate", "log_every"):
+    for flag in ("epochs", "batch_size", "lr", "lr_g", "z_dim", "ngf", "ndf", "max_steps", "generate", "log_every"):
         if getattr(args, flag) is not None and not getattr(args, flag) > 0:  # NaN too
             fail(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
     if args.compile and args.compile not in torch.compiler.list_backends(exclude_tags=()):

@@ -1,7 +1,7 @@
-"""tools/report.py on run folders made here: log.csv rows and fixed-noise grids written to order (a healthy run,
-one where D wins for a known stretch of steps, one whose samples collapse at a known epoch), and once through
-the command line on a run lsgan.py trained. Only the test marked extras needs matplotlib (tools/requirements.txt):
-`python -m pytest -q tests -m extras` runs it.
+"""tools/report.py on run folders made here: log.csv rows and fixed-noise grids written to order (a healthy
+run, one where D wins for a known stretch of steps, one whose samples collapse at a known epoch, damaged
+ones), and once through the command line on a run lsgan.py trained. Only the tests marked extras need
+matplotlib (tools/requirements.txt): `python -m pytest -q tests -m extras` runs them.
 """
 import contextlib
 import csv
@@ -124,3 +124,77 @@ def test_curves_png(tmp_path):
     assert report_lines(run)[0].startswith("D won outright from step")
     with Image.open(run / "curves.png") as png:
         assert png.format == "PNG" and png.size == (1000, 700)
+
+
+# ---- damaged or unexpected run contents: one line and exit status 1, or the report as promised ---
+
+@pytest.mark.parametrize("junk", [b"7,1,0.7,\xff\xfe,1,1,1\n",  # bytes that are not UTF-8
+                                  b"\0" * 300 + b"\n",          # what a crash leaves in a file
+                                  b"99999999999999999999999,1,1,1,1,1,1\n",  # more than int64
+                                  b"7,1,0.7,nan,nan,nan,nan\n"])  # the NaN losses a run stops at
+def test_rows_that_are_not_numbers_are_skipped(tmp_path, junk):
+    run = write_run(tmp_path / "run", D_WINS, diverse(1))
+    lines = (run / "log.csv").read_bytes().splitlines(keepends=True)
+    (run / "log.csv").write_bytes(b"".join([*lines[:50], junk, *lines[50:]]))  # before D's stretch
+    assert report_lines(run, "--no-plot")[0].startswith("D won outright from step")
+
+
+@pytest.mark.parametrize("text", [b"", b"\0" * 4096, b"1,1,0.1,0.7,0.7,0.7,0.3\n"])  # no header
+def test_a_log_without_its_header_is_one_line(tmp_path, text):
+    run = write_run(tmp_path / "run", [0.3] * 10, diverse(1))
+    (run / "log.csv").write_bytes(text)
+    message = error_of("report", run, "--no-plot")
+    assert "does not start with the header of the scripts' log.csv" in message
+
+
+def odd_file(kind, grid):
+    """A file in samples/ that is not a grid of the run (bytes), from one that is (grid, bytes)."""
+    png = io.BytesIO()
+    size = {"another size": (530, 530), "not a grid": (100, 50)}.get(kind, (1, 1))
+    Image.new("RGB", size).save(png, "PNG")
+    odd = {"a copy": grid, "cut short": grid[:len(grid) // 2], "empty": b"", "not a PNG": b"notes"}
+    return odd.get(kind, png.getvalue())
+
+
+ODD = ["cut short", "empty", "not a PNG", "not a grid", "another size"]  # samples/epoch_0002.png
+
+
+@pytest.mark.parametrize("name, kind", [("epoch_0002 copy.png", "a copy"),
+                                        *(("epoch_0002.png", kind) for kind in ODD)])
+def test_files_in_samples_that_are_not_its_grids_are_left_out(tmp_path, capsys, name, kind):
+    grids = diverse(3)
+    grids[2] = grids[2][:1].expand(64, -1, -1, -1)          # epoch 3: collapsed, still found
+    run = write_run(tmp_path / "run", [0.3] * 10, grids)
+    grid = (run / "samples" / "epoch_0001.png").read_bytes()
+    (run / "samples" / name).write_bytes(odd_file(kind, grid))
+    own = {path: path.read_bytes() for path in (run / "samples").iterdir()}
+    fell = report_lines(run, "--no-plot")
+    assert fell[0].startswith("samples' diversity fell to 0.0000 at epoch 3")
+    assert capsys.readouterr().err.startswith(f"report.py: left out {run / 'samples' / name}: ")
+    with Image.open(run / "progress.gif") as gif:
+        assert gif.n_frames == 2 + (kind == "a copy")
+    assert own == {path: path.read_bytes() for path in (run / "samples").iterdir()}  # as they were
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--below", "nan"], "--below nan: give a number"),
+    (["--window", "0"], "--window 0: give a number of steps, 1 or more"),
+])
+def test_bad_flags_are_one_line(tmp_path, flags, expected):
+    run = write_run(tmp_path / "run", [0.3] * 10, diverse(1))
+    assert expected in error_of("report", run, "--no-plot", *flags)
+
+
+@pytest.mark.extras
+def test_a_window_longer_than_the_log_is_plotted(tmp_path):
+    run = write_run(tmp_path / "run", [0.3] * 10, diverse(1))
+    assert report_lines(run, "--window", str(10**30)) == [HEALTHY]
+
+
+@pytest.mark.parametrize("where", ["progress.gif", "a" * 300])  # a folder in its place; a long name
+def test_paths_the_os_refuses_are_one_line(tmp_path, where):
+    run = write_run(tmp_path / "run", [0.3] * 10, diverse(1))
+    if where == "progress.gif":
+        (run / where).mkdir()
+    message = error_of("report", run if where == "progress.gif" else run / where, "--no-plot")
+    assert message.endswith(("Is a directory", "File name too long"))

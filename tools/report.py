@@ -6,6 +6,7 @@
 It writes into the run folder:
   progress.gif  the fixed-noise grids of samples/, one frame per epoch (200 ms, looping, at most 600 pixels a
                 side): the same 64 z every epoch, so the animation shows the samples sharpen, or shrink in variety.
+                Other files in samples/ (copies, grids a crash cut short) are left out, a line on stderr each.
   curves.png    log.csv against the step: (a) loss_d and loss_g, (b) D(x) (d_real) and D(G(z)) (d_fake), each
                 raw and faint, with their mean over the last --window steps; shaded red where D won outright.
                 D's outputs are probabilities in [0, 1], except in lsgan.py: raw scores aimed at 1 (real) and
@@ -25,6 +26,9 @@ and prints one line per sign of trouble (see "When training goes wrong" in the R
 import argparse
 import csv
 import itertools
+import math
+import re
+import sys
 from pathlib import Path
 
 import torch
@@ -41,16 +45,29 @@ def fail(message):
     raise SystemExit(f"report.py: error: {message}")
 
 
+def note(message):
+    """A file left out, and why: one line on stderr; the report goes on."""
+    print(f"report.py: {message}", file=sys.stderr)
+
+
 def read_log(path):
-    """log.csv as (steps (N,), values (N, 4) in COLUMNS' order). A row still being written is skipped."""
+    """log.csv as (steps (N,), values (N, 4) in COLUMNS' order). Rows that are not numbers are
+    skipped: a row still being written, bytes a crash left (NUL, not UTF-8), the NaN losses a run
+    stops at."""
     steps, values = [], []
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
+    with open(path, newline="", errors="replace") as f:
+        rows = csv.DictReader(f)
+        if not {"step", *COLUMNS} <= set(rows.fieldnames or ()):
+            fail(f"{path} does not start with the header of the scripts' log.csv "
+                 f"(step,...,{','.join(COLUMNS)})")
+        for row in rows:
             try:
-                values.append([float(row[c]) for c in COLUMNS])
-                steps.append(int(row["step"]))
-            except (TypeError, ValueError, KeyError):
+                value, step = [float(row[c]) for c in COLUMNS], int(row["step"])
+            except (TypeError, ValueError):
                 continue
+            if math.isfinite(sum(value)) and 0 <= step < 2**63:
+                steps.append(step)
+                values.append(value)
     return torch.tensor(steps), torch.tensor(values).view(-1, len(COLUMNS))
 
 
@@ -58,7 +75,7 @@ def trailing_mean(x, window):
     """The mean of x (N,) over each value and the window - 1 before it (fewer in the first ones): (N,)."""
     sums = torch.cat([torch.zeros(1, dtype=torch.float64), x.double().cumsum(0)])
     end = torch.arange(1, len(x) + 1)
-    start = (end - window).clamp(min=0)
+    start = (end - min(window, len(x))).clamp(min=0)
     return ((sums[end] - sums[start]) / (end - start)).to(x.dtype)
 
 
@@ -84,22 +101,32 @@ def diversity(grid):
     width, height = grid.size
     size = (width - PAD) // NROW - PAD                      # width = 8 * (size + 2) + 2
     if size < 1 or NROW * (size + PAD) + PAD != width or (height - PAD) % (size + PAD):
-        fail(f"{grid.filename} is {width}x{height}, not a grid of save_image(nrow={NROW}, padding={PAD})")
+        raise ValueError(f"{width}x{height}, not a grid of save_image(nrow={NROW}, padding={PAD})")
     pixels = pil_to_tensor(grid.convert("RGB"))[:, PAD:, PAD:].float() / 255  # (3, H - 2, W - 2)
     cells = pixels.unfold(1, size, size + PAD).unfold(2, size, size + PAD)  # (3, rows, 8, size, size)
     return cells.flatten(1, 2).std(dim=1).mean().item()
 
 
 def grids(folder):
-    """progress.gif from samples/epoch_*.png; returns [(epoch, diversity)] in the files' order."""
-    frames, found = [], []
-    for path in sorted((folder / "samples").glob("epoch_*.png")):
+    """progress.gif from samples/epoch_NNNN.png; returns [(epoch, diversity)] by epoch. Other files
+    are left out, saying so: copies (epoch_0003 copy.png), grids a crash cut short, other sizes."""
+    frames, found, size = [], [], None
+    paths = sorted((folder / "samples").glob("*.png"))
+    grid_name = re.compile(r"epoch_[0-9]+\.png")
+    epochs = {path: int(path.stem[6:]) for path in paths if grid_name.fullmatch(path.name)}
+    for path in sorted(set(paths) - set(epochs)):
+        note(f"left out {path}: not named epoch_NNNN.png as the scripts name their grids")
+    for path in sorted(epochs, key=epochs.get):
         try:
             with Image.open(path) as grid:
-                found.append((int(path.stem.removeprefix("epoch_")), diversity(grid)))
-                frame = grid.convert("RGB")
-        except OSError as e:                                # a grid cut short, or not a PNG at all
-            fail(f"cannot read {path} ({e})")
+                value, frame = diversity(grid), grid.convert("RGB")
+            if frame.size != (size or frame.size):
+                raise ValueError(f"{frame.size} pixels, the first grid {size}")
+        except Exception as e:                              # PIL: OSError, SyntaxError, ValueError
+            note(f"left out {path}: {e}")
+            continue
+        found.append((epochs[path], value))
+        size = frame.size
         frame.thumbnail((600, 600))                         # keeps the aspect; smaller grids are left alone
         frames.append(frame)
     if not frames:
@@ -150,6 +177,15 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.window < 1:
         fail(f"--window {args.window}: give a number of steps, 1 or more")
+    if math.isnan(args.below):
+        fail("--below nan: give a number, e.g. 0.05")
+    try:
+        report(args)
+    except OSError as e:                                    # a folder for a file, a long name
+        fail(f"{e.filename}: {e.strerror}" if e.filename else str(e))
+
+
+def report(args):
     for need in ("", "log.csv", "samples"):
         if not (args.run / need).exists():
             fail(f"no {args.run / need} (give the run folder of one of the scripts, e.g. runs/dcgan64)")

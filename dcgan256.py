@@ -35,8 +35,13 @@ Implementation details, each tied to the paper (section numbers of arXiv:1511.06
     0.0002, G's twice that (two time-scales, Heusel et al. 2017, arXiv:1706.08500), as in dcgan64.py, where it
     stopped the deaths of some seeds at the start (README). --lr-g 2e-4 gives the paper's recipe.
 """
-import argparse, os, shutil, signal, time  # noqa: E401 (the standard library)
+import argparse, contextlib, math, os, shutil, signal, time  # noqa: E401 (the standard library)
 from pathlib import Path
+
+try:  # the run folder's lock: POSIX only, so Windows trains without it
+    import fcntl
+except ImportError:
+    fcntl = None
 
 import torch
 import torch.distributed as dist
@@ -55,10 +60,19 @@ except ImportError:
 
 SCRIPT = Path(__file__).stem
 IMAGE_SIZE = 256                                                # images are IMAGE_SIZE x IMAGE_SIZE
-NETWORK_FLAGS = ("z_dim", "ngf", "ndf", "channels", "g_act", "d_bn")  # must match between a checkpoint and the flags
 SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")  # the image files read
 D_WINS_STEPS, D_WINS_BELOW, D_WINS_FROM = 20, 0.02, 100  # D has won: D(G(z)) below 0.02 over 20 steps, from step 100
 KEEP_EPOCHS = 3                         # epoch checkpoints kept in checkpoints/
+
+
+RUN_PARTS = ("checkpoint.pt", "checkpoints", "log.csv", "samples", "real.png")  # any of them: a run's folder
+
+
+CHANGEABLE = ("epochs", "lr", "lr_g", "data")  # the flags a resume may change (README)
+
+
+THIS_COMMAND = ("out", "resume", "generate", "max_steps", "device", "workers", "cache", "compile", "log_every",
+                "given")  # flags of this command alone, never taken from a checkpoint
 
 
 # ---- Networks (the 256x256 tables: figure 1 grown by three layers; shapes for the default widths) ------
@@ -185,8 +199,8 @@ def train_step(G, D, D_frozen, opt_G, opt_D, x, z, amp, scaler):
 # ---- The training loop -----------------------------------------------------------------------------------
 def train(args):
     (rank, world, device), out = setup(args), Path(args.out)
-    ckpt = open_run(out, args, device, world)                   # None for a new run
-    dtype = amp_dtype(args, device, rank)                       # None: fp32
+    ckpt = open_run(args, device, rank, world)                  # None for a new run
+    dtype = amp_dtype(args, device, rank, world)                # None: fp32
     amp = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     data = Photos(args, rank, world, device)
@@ -195,8 +209,7 @@ def train(args):
     fixed_z = noise(64, args, "cpu", torch.Generator().manual_seed(args.seed))  # the grids' z, every epoch
     step = epoch = batch = 0                                    # where the run is: batch = steps into the epoch
     if ckpt:                                                    # go on: weights, optimizers, loss scale, noise
-        for net, key in ((G, "G"), (D, "D"), (opt_G, "opt_G"), (opt_D, "opt_D")):
-            net.load_state_dict(ckpt[key])
+        restore(((G, "G"), (D, "D"), (opt_G, "opt_G"), (opt_D, "opt_D")), ckpt)
         scaler.load_state_dict(ckpt["scaler"] or scaler.state_dict())  # {}: saved without float16
         for opt, lr in ((opt_G, args.lr_g), (opt_D, args.lr)):  # a resumed run may change the learning rates
             opt.param_groups[0]["lr"] = lr                      # one group: all of the net's parameters
@@ -221,12 +234,12 @@ def train(args):
                 step, batch = step + 1, batch + 1
                 if log:                                         # process 0 keeps the log
                     log.record(step, epoch + 1, stats)
-                stopping = stopper.check(stats, step, world, out)  # the same answer in every process
+                stopping = stopper.check(stats, step, world)    # the same answer in every process
                 if stopping or step == last:
                     break
             if batch >= data.steps:
                 epoch, batch = epoch + 1, 0
-            stopper.read(*stopper.pending)                      # never save weights from NaN losses
+            stopper.read()                                      # never save weights from NaN losses
             save(out, args, (G, D, opt_G, opt_D, scaler), (step, epoch, batch), fixed_z, log, world)
     if log:
         log.close()
@@ -261,7 +274,7 @@ def find_images(root):
     """Sorted paths of the image files below --data, at any depth (CelebA's layout, flat or class folders)."""
     if not Path(root).is_dir():
         fail(f"--data {root} " + ("is not a folder of images" if Path(root).exists() else "does not exist"))
-    paths = sorted(str(p) for p in Path(root).rglob("*") if p.suffix.lower() in SUFFIXES)
+    paths = sorted(str(p) for p in Path(root).rglob("*") if p.suffix.lower() in SUFFIXES and p.is_file())
     return paths or fail(f"no images in {root}; looked for {', '.join(SUFFIXES)} files in it and below it")
 
 
@@ -275,7 +288,9 @@ class Photos(Dataset):
             self[0]
         except RuntimeError as e:                               # not one file decodes
             fail(f"no readable image in {args.data}: {e}")
-        self.paths = self.paths[rank::world]
+        if getattr(args, "images", len(self)) != len(self):    # a resume: the run's count
+            fail(f"--data {args.data} holds {len(self)} images, not the run's {args.images}; resume on its data")
+        self.paths, args.images = self.paths[rank::world], len(self)
         self.cache = cache_images(self, device) if args.cache else None
         n = torch.tensor(len(self), device=device if world > 1 else "cpu")
         if world > 1:
@@ -296,7 +311,7 @@ class Photos(Dataset):
 
     def epoch(self, epoch, start):
         """uint8 (B, C, S, S) batches from batch `start` on, in an order from (--seed, epoch) alone (so a resume)."""
-        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(self.args.seed + epoch))
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(hash((self.args.seed, epoch))))
         batches = order[:self.steps * self.args.batch_size].view(self.steps, -1)[start:]
         if self.cache is not None:
             yield from (self.cache[b.to(self.cache.device)] for b in batches)
@@ -357,6 +372,8 @@ def pick_device(name, world=1):
 def setup(args):
     """(rank, world size, device). Under torchrun (WORLD_SIZE > 1): NCCL between GPUs (LOCAL_RANK's), or gloo."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and "RANK" not in os.environ:
+        fail("WORLD_SIZE is set but RANK is not: start under torchrun, or unset WORLD_SIZE")
     device = pick_device(args.device, world)
     device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if world > 1 and device.type == "cuda" else device
     if device.type == "cuda":
@@ -375,25 +392,51 @@ def wrap(G, D, args, world):
     return tuple(torch.compile(net, backend=args.compile) if args.compile else net for net in (*nets, D))
 
 
-def amp_dtype(args, device, rank=0):
-    """--amp's autocast dtype (None without it), said in one line: bfloat16 on CPUs and on NVIDIA GPUs from Ampere
-    (compute capability 8) on; float16 with the gradient scaler on older GPUs (T4, V100), whose bfloat16 is emulated."""
+def amp_dtype(args, device, rank=0, world=1):
+    """--amp's autocast dtype (None: float32), said in one line. CUDA: bfloat16 from Ampere (compute capability 8)
+    on, float16 with the gradient scaler before (T4, V100: their bfloat16 is emulated). CPU: bfloat16 only where
+    it is faster, which the CPU's flags do not tell (with avx512_bf16 it was 1.6x faster on an AMD EPYC and 1.4-1.9x
+    slower on an Intel Xeon), so training with --amp first times a step in each; --amp bf16 forces bfloat16."""
     if args.amp and device.type == "mps":
         fail("--amp needs a cpu or cuda device, not mps")
     half = args.amp == "fp16" or args.amp == "auto" and device.type == "cuda" and (
         torch.cuda.get_device_capability(device)[0] < 8)
+    dtype = (torch.float16 if half else torch.bfloat16) if args.amp else None
+    said = "float16 autocast with a gradient scaler" if half else "bfloat16 autocast"
+    if args.amp == "auto" and device.type == "cpu" and not args.generate:
+        seconds = torch.tensor([step_seconds(args, device, d) for d in (None, torch.bfloat16)])
+        if world > 1:
+            dist.all_reduce(seconds)                            # every process decides alike
+        fast, ratio = seconds[1] < 0.95 * seconds[0], (seconds.max() / seconds.min()).item()
+        dtype, said = (torch.bfloat16, said) if fast else (None, "float32")
+        said = f"bfloat16 is {ratio:.1f}x {'faster' if fast else 'slower'} than float32 here; training in {said}"
     if args.amp and rank == 0:
-        print("--amp: " + ("float16 autocast with a gradient scaler" if half else "bfloat16 autocast"), flush=True)
-    return (torch.float16 if half else torch.bfloat16) if args.amp else None
+        print(f"--amp: {said}", flush=True)
+    return dtype
+
+
+def step_seconds(args, device, dtype):
+    """Seconds of a train_step in dtype (None: float32) on new networks and random images, the best of two after a
+    warm-up: how --amp on a CPU compares float32 and bfloat16 (bfloat16 must be 5% faster to be chosen)."""
+    G, D, opt_G, opt_D = build(args, device)
+    x = torch.rand(args.batch_size, args.channels, IMAGE_SIZE, IMAGE_SIZE, device=device) * 2 - 1
+    x, z = x.contiguous(memory_format=memory_format(device)), noise(args.batch_size, args, device)
+    amp = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        train_step(G, D, D, opt_G, opt_D, x, z, amp, torch.amp.GradScaler(device.type, enabled=False))
+        times.append(time.perf_counter() - t)
+    return min(times[1:])
 
 
 class Stopper:
-    """Ctrl-C and SIGTERM (kill, schedulers, torchrun) end the run after a step, saved, exit 0; NaN or infinite losses
-    in one line, the last good checkpoint kept. Each step's flag (2: loss not finite, 1: stop asked) is all-reduced
-    during the next step, read after it. A repeat within a second is the same request; a later one stops at once."""
+    """Ctrl-C and SIGTERM (kill, schedulers, torchrun) end the run after a step, saved, exit 0. A repeat within a
+    second is the same request; a later one stops at once. NaN or infinite losses end it in one line, the last good
+    checkpoint kept: found by RunLog.flush, or under torchrun by the stop flag all processes agree on."""
 
     def __enter__(self):
-        self.asked, self.pending = None, None
+        self.asked, self.pending = None, []
         self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
         return self
 
@@ -403,17 +446,23 @@ class Stopper:
             signal.raise_signal(signum)
         self.asked = self.asked or time.monotonic()
 
-    def check(self, stats, step, world, out):                   # after each step: stop now? (the previous flag)
+    def check(self, stats, step, world):
+        """After each step: stop now? Alone: a Python flag, no host sync. Under torchrun: each step's flag (2: loss
+        not finite, 1: stop asked) is all-reduced during the next step and read after it."""
+        if world == 1:
+            return bool(self.asked)
         flag = (~stats.isfinite().all()) * 2.0 + bool(self.asked)
-        work = dist.all_reduce(flag, op=dist.ReduceOp.MAX, async_op=True) if world > 1 else None
-        previous, self.pending = self.pending, (flag, work, step, out)
-        return previous is not None and self.read(*previous)
+        self.pending.append((flag, dist.all_reduce(flag, op=dist.ReduceOp.MAX, async_op=True), step))
+        return len(self.pending) > 1 and self.read()
 
-    def read(self, flag, work, step, out):
-        if work:
-            work.wait()                                         # the all-reduce of this flag
+    def read(self):
+        """The oldest flag not yet read (False if none): stop? NaN: one line, exit 1."""
+        if not self.pending:
+            return False
+        flag, work, step = self.pending.pop(0)
+        work.wait()
         if flag.item() >= 2:
-            fail(f"losses became NaN or infinite at step {step}; the last good checkpoint is kept in {out}")
+            fail(f"losses became NaN or infinite at step {step}; the last good checkpoint is kept")
         return flag.item() == 1
 
     def __exit__(self, *exc):
@@ -426,19 +475,24 @@ def save(out, args, models, where, fixed_z, log, world):
     if not log:                                                 # process 0 saves
         return
     (G, D, opt_G, opt_D, scaler), (step, epoch, batch) = models, where
-    log.flush()
-    torch.save({"script": SCRIPT, "args": vars(args), "G": G.state_dict(), "D": D.state_dict(), "step": step,
-                "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(), "scaler": scaler.state_dict(),
-                "epoch": epoch, "batch": batch, "world": world, "fixed_z": fixed_z,
-                "time": time.perf_counter() - log.t0, "log_bytes": log.file.tell()}, out / "checkpoint.tmp")
+    log.flush()                                                 # and NaN checked: no NaN reaches a checkpoint
+    try:
+        torch.save({"script": SCRIPT, "args": vars(args), "G": G.state_dict(), "D": D.state_dict(), "step": step,
+                    "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(), "scaler": scaler.state_dict(),
+                    "epoch": epoch, "batch": batch, "world": world, "fixed_z": fixed_z,
+                    "time": time.perf_counter() - log.t0, "log_bytes": log.file.tell()}, out / "checkpoint.tmp")
+    except RuntimeError as e:                                   # torch.save's error when the disk is full
+        (out / "checkpoint.tmp").unlink(missing_ok=True)
+        fail(f"cannot write a checkpoint in {out} ({str(e)[:60]}: a full disk?); the last one is kept")
     os.replace(out / "checkpoint.tmp", out / "checkpoint.pt")   # a kill never leaves half a checkpoint
     grid = (sample(G, fixed_z.to(next(G.parameters()).device)).float() + 1) / 2  # (64, C, S, S) in [0, 1]
+    (out / "samples").mkdir(exist_ok=True)
     save_image(grid, out / "samples" / f"epoch_{epoch + (batch > 0):04d}.png", nrow=8)
     if batch == 0:
         (out / "checkpoints").mkdir(exist_ok=True)
         shutil.copyfile(out / "checkpoint.pt", out / "checkpoints" / f"epoch_{epoch:04d}.pt")
-        for path in (out / "checkpoints").glob("epoch_*.pt"):   # the last KEEP_EPOCHS, none after a roll-back
-            if not epoch - KEEP_EPOCHS < int(path.stem[6:]) <= epoch:
+        for path in (out / "checkpoints").glob("epoch_[0-9][0-9][0-9][0-9].pt"):  # the last KEEP_EPOCHS
+            if not epoch - KEEP_EPOCHS < int(path.stem[6:]) <= epoch:  # later ones: from before a roll-back
                 path.unlink()
 
 
@@ -448,36 +502,71 @@ def sample(G, z):
         return torch.func.functional_call(G.train(), {k: b.clone() for k, b in G.named_buffers()}, (z,))
 
 
-def load_checkpoint(path, args, device):
-    """A checkpoint of this script with the same network flags, or one line why not."""
+@contextlib.contextmanager
+def hold(out):
+    """Locks out/lock while this process trains (process 0 under torchrun), so that a second one training into
+    --out refuses in one line. The OS frees the lock when the process ends, a crash included."""
+    if out.is_file():
+        fail(f"--out {out} is a file, not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "lock", "w") as lock:
+        try:
+            fcntl and os.environ.get("RANK", "0") == "0" and fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fail(f"another process is training into {out}; wait for it to end, or pick another --out")
+        yield
+
+
+def load_checkpoint(path, device):
+    """A checkpoint of this script, or one line why not."""
     if not path.is_file():
         fail(f"no checkpoint at {path} (train first, or point --out at a run folder)")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:
         fail(f"cannot read checkpoint {path}: it is damaged or not a checkpoint ({type(e).__name__})")
-    if not isinstance(ckpt, dict) or ckpt.get("script") != SCRIPT:
-        fail(f"{path} was not written by {SCRIPT}.py" + (f" but by {ckpt['script']}.py" if "script" in ckpt else ""))
-    for flag in NETWORK_FLAGS:
-        if ckpt["args"][flag] != getattr(args, flag):
-            fail(f"{path} was trained with --{flag.replace('_', '-')} {ckpt['args'][flag]}, not "
-                 f"{getattr(args, flag)}; pass the same network flags")
-    return ckpt
+    owner = ckpt.get("script") if isinstance(ckpt, dict) else None
+    return ckpt if owner == SCRIPT else fail(f"{path} is not a checkpoint of {SCRIPT}.py" + (
+        f" but of {owner}.py" if isinstance(owner, str) else ""))
 
 
-def open_run(out, args, device, world):
-    """The checkpoint to go on from (--resume: --out's, --resume PATH: e.g. checkpoints/epoch_0007.pt), or None."""
-    if out.exists() and not out.is_dir() or not args.resume and (out / "checkpoint.pt").exists():
-        fail(f"--out {out} is a file, not a folder" if out.is_file() else f"--out {out} already holds a run "
-             "(checkpoint.pt): continue it with --resume, or pick another --out")
-    (out / "samples").mkdir(parents=True, exist_ok=True)
-    path = out / "checkpoint.pt" if args.resume is True else Path(args.resume or "")
-    ckpt = load_checkpoint(path, args, device) if args.resume else None
-    if ckpt and ckpt["args"]["batch_size"] != args.batch_size:
-        fail(f"{path} was trained with --batch-size {ckpt['args']['batch_size']}; resume with the same")
-    if ckpt and ckpt["world"] != world:
+def open_run(args, device, rank=0, world=1):
+    """A new run (None) into a folder with no part of one (RUN_PARTS), or the checkpoint to go on from: --out's, or
+    --resume PATH of the same run (e.g. its checkpoints/epoch_0007.pt), with the run's flags put back into args."""
+    out = Path(args.out)
+    if not args.resume and not args.generate:
+        held = [name for name in RUN_PARTS if (out / name).is_file() or any((out / name).glob("*"))]
+        if held and rank == 0:
+            fail(f"--out {out} already holds a run ({', '.join(held)}): continue it with --resume, or pick "
+                 "another --out")
+        args.run = os.urandom(8).hex()                          # the run's name in its checkpoints
+        return None
+    path = out / "checkpoint.pt" if args.resume in (None, True) else Path(args.resume)
+    ckpt = load_checkpoint(path, device)
+    here = out / "checkpoint.pt"
+    if path != here and (not here.is_file() or load_checkpoint(here, "cpu")["args"].get("run") != ckpt["args"].get(
+            "run")):
+        fail(f"{path} is not a checkpoint of the run in {out}: --resume PATH goes on in PATH's own run folder")
+    for flag, then in ckpt["args"].items():                     # the run's flags, unless given and changeable
+        if flag in THIS_COMMAND or flag in args.given and flag in CHANGEABLE + ("seed", "batch_size") * (
+                args.generate is not None):                     # --generate's z: from its own --seed
+            continue
+        if flag in args.given and getattr(args, flag) != then:
+            fail(f"{path} was trained with --{flag.replace('_', '-')} {then}, not {getattr(args, flag)}; "
+                 "leave the flag out to go on with the run's")
+        setattr(args, flag, then)
+    if not args.generate and ckpt["world"] != world:
         fail(f"{path} was trained by {ckpt['world']} process(es), not {world}; resume with as many")
     return ckpt
+
+
+def restore(parts, ckpt):
+    """Loads each part's state from the checkpoint, or one line when the networks do not fit it."""
+    try:
+        for part, key in parts:
+            part.load_state_dict(ckpt[key])
+    except (KeyError, RuntimeError, ValueError) as e:
+        fail(f"the checkpoint does not fit {SCRIPT}.py's networks (an older version's?): {' '.join(str(e).split())[:150]}")
 
 
 class RunLog:
@@ -485,7 +574,11 @@ class RunLog:
     device until then, one host sync a line. On resume log.csv is first cut back to its length at the checkpoint."""
 
     def __init__(self, path, args, step, last, ckpt, world):
-        if ckpt:
+        if ckpt:                                                # its rows must end with the checkpoint's step
+            head = path.read_bytes()[:ckpt["log_bytes"]] if path.is_file() else b""
+            if len(head) < ckpt["log_bytes"] or not head.endswith(b"\n") or not head.splitlines()[-1].startswith(
+                    f"{step},".encode()):
+                fail(f"{path} does not hold the rows to step {step} of this checkpoint (rolled back past it?)")
             os.truncate(path, ckpt["log_bytes"])                # the rows a killed run wrote after its checkpoint
         self.file = open(path, "a" if ckpt else "w")
         self.file.write("" if ckpt else "step,epoch,time,loss_d,loss_g,d_real,d_fake\n")
@@ -506,6 +599,9 @@ class RunLog:
                              for (step, epoch, t, _), row in zip(self.rows, values))
         self.file.flush()
         (self.step, epoch, *_), (loss_d, loss_g, d_real, d_fake) = self.rows[-1], values[-1]
+        if not math.isfinite(sum(map(sum, values))):           # the last good checkpoint stays
+            fail(f"losses became NaN or infinite by step {self.step}; the last good checkpoint is kept in "
+                 f"{Path(self.file.name).parent}")
         steps_per_s = (self.step - self.first) / (time.perf_counter() - self.t_first)
         print(f"epoch {epoch}/{self.args.epochs} step {self.step}/{self.last} | loss D {loss_d:.3f} G {loss_g:.3f} | "
               f"D(x) {d_real:.2f} D(G(z)) {d_fake:.2f} | {steps_per_s * self.images:.0f} img/s | "
@@ -533,22 +629,32 @@ def warn_if_d_wins(d_fake, step):
 
 
 def generate(args):
-    """--generate N: N PNGs in --out/generated/ (as FID tools expect) and a grid, chunk by chunk; z from --seed."""
+    """--generate N: exactly N PNGs in --out/generated/ (as FID tools expect: earlier ones are removed) and a grid,
+    chunk by chunk, from --out's checkpoint or --resume PATH; z from --seed. A stop says what it wrote."""
     device, out = setup(args)[2], Path(args.out)
-    G = build(args, device)[0]
-    G.load_state_dict(load_checkpoint(out / "checkpoint.pt", args, device)["G"])
+    ckpt = open_run(args, device)                               # the run's network flags, into args
+    G, folder, written = build(args, device)[0], out / "generated", 0
+    restore(((G, "G"),), ckpt)
     dtype, rng, seconds = amp_dtype(args, device), torch.Generator().manual_seed(args.seed), 0.0
-    (out / "generated").mkdir(parents=True, exist_ok=True)
-    for start in range(0, args.generate, max(64, args.batch_size)):  # chunks of 64 at least: see sample()
-        z, t = noise(max(64, args.batch_size), args, device, rng), time.perf_counter()
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            images = ((sample(G, z).float() + 1) / 2).clamp_(0, 1)[:args.generate - start].cpu()  # waits for G
-        seconds += time.perf_counter() - t
-        for i, image in enumerate(images):
-            save_image(image, out / "generated" / f"{start + i:06d}.png")
-        if start == 0:
-            save_image(images[:64], out / "generated_grid.png", nrow=8)
-    print(f"wrote {args.generate} images to {out / 'generated'} and a grid of the first {min(64, args.generate)} to "
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in folder.glob("*.png"):
+        path.unlink()
+    signal.signal(signal.SIGTERM, signal.default_int_handler)   # a stop, as Ctrl-C: KeyboardInterrupt
+    try:
+        for start in range(0, args.generate, max(64, args.batch_size)):  # chunks of 64 at least: see sample()
+            z, t = noise(max(64, args.batch_size), args, device, rng), time.perf_counter()
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                images = ((sample(G, z).float() + 1) / 2).clamp_(0, 1)[:args.generate - start].cpu()
+            seconds += time.perf_counter() - t
+            for image in images:
+                save_image(image, folder / f"{written:06d}.png")
+                written += 1
+            if start == 0:
+                save_image(images[:64], out / "generated_grid.png", nrow=8)
+    except KeyboardInterrupt:
+        (folder / f"{written:06d}.png").unlink(missing_ok=True)  # half written, if any
+        fail(f"stopped: {written} of {args.generate} images written to {folder}")
+    print(f"wrote {args.generate} images to {folder} and a grid of the first {min(64, args.generate)} to "
           f"{out / 'generated_grid.png'} (G: {args.generate / seconds:.0f} images/s)")
 
 
@@ -583,17 +689,29 @@ def parse_args(argv=None):
     p.add_argument("--amp", nargs="?", const="auto", choices=["auto", "bf16", "fp16"], help="bf16, fp16 before Ampere")
     p.add_argument("--log-every", type=float, default=5.0, help="seconds between progress lines")
     args = p.parse_args(argv)
+    unset = argparse.Namespace(**dict.fromkeys(vars(args)))     # no defaults: what the command line gave
+    args.given = [flag for flag, value in vars(p.parse_args(argv, unset)).items() if value is not None]
     for flag in ("epochs", "batch_size", "lr", "lr_g", "z_dim", "ngf", "ndf", "max_steps", "generate", "log_every"):
         if getattr(args, flag) is not None and not getattr(args, flag) > 0:  # NaN too
             fail(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
+    if not 0 <= args.seed < 2**63 or args.workers < 0:
+        fail(f"--seed must be in [0, 2**63) and --workers 0 or more, got {args.seed} and {args.workers}")
     if args.compile and args.compile not in torch.compiler.list_backends(exclude_tags=()):
         fail(f"--compile {args.compile}: not a torch.compile backend ({', '.join(torch.compiler.list_backends())})")
-    return args if args.workers >= 0 else fail(f"--workers must be 0 or more, got {args.workers}")
-
+    if args.compile == "inductor" and not any(map(shutil.which, (os.environ.get("CXX", "g++"), "clang++"))):
+        fail("--compile needs a C++ compiler (g++, clang++ or $CXX) for inductor; try --compile aot_eager")
+    return args
 
 def main(argv=None):
     args = parse_args(argv)
-    generate(args) if args.generate else train(args)
+    try:
+        if args.generate:
+            generate(args)
+        else:
+            with hold(Path(args.out)):                          # one training process per run folder
+                train(args)
+    except OSError as e:                                        # a path the OS refuses, a full disk, ...
+        fail(f"{e.strerror or e}: {e.filename or args.out}")
 
 
 if __name__ == "__main__":

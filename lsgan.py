@@ -24,8 +24,13 @@ Implementation details, each tied to the paper:
  4. Real pixels are scaled to [-1, 1] to match G's Tanh output.
  5. Adam (lr 1e-3, beta1 0.5), as in the CS231n notebook (the paper: lr 2e-4 for its LSUN nets).
 """
-import argparse, math, os, shutil, signal, time  # noqa: E401 (the standard library)
+import argparse, contextlib, math, os, shutil, signal, time  # noqa: E401 (the standard library)
 from pathlib import Path
+
+try:  # the run folder's lock: POSIX only, so Windows trains without it
+    import fcntl
+except ImportError:
+    fcntl = None
 
 import torch
 import torch.nn.functional as F
@@ -34,10 +39,12 @@ from torch import nn
 from torchvision.utils import save_image
 
 SCRIPT = Path(__file__).stem
-NETWORK_FLAGS = ("z_dim", "g_hidden", "d_hidden", "g_act")  # must match between a checkpoint and the flags
 D_WINS_STEPS, D_WINS_BELOW = 300, 0.05  # warn when D(G(z)) averaged below this over so many steps: G learns little
 KEEP_EPOCHS = 3         # epoch checkpoints kept in checkpoints/ beside checkpoint.pt
 PARTS = ("G", "D", "opt_G", "opt_D", "scaler")  # the checkpoint's names for what train() keeps state in
+RUN_PARTS = ("checkpoint.pt", "checkpoints", "log.csv", "samples", "real.png")  # any of them: a run's folder
+CHANGEABLE = ("epochs", "lr", "data")  # the flags a resume may change (README)
+THIS_COMMAND = ("out", "resume", "generate", "max_steps", "device", "log_every", "given")  # not the run's
 
 
 # ---- Networks: the CS231n notebook's MLPs, or the Simple GAN's through flags. B is the batch size --------
@@ -133,16 +140,16 @@ def train(args):
         fail(f"no readable MNIST in {Path(args.data) / 'MNIST' / 'raw'} and no download ({cause}); put the unzipped "
              "train-images-idx3-ubyte and train-labels-idx1-ubyte from the MNIST site there")
     B, per_epoch = args.batch_size, len(data) // args.batch_size  # an epoch's last partial batch is left out
-    if per_epoch == 0:
-        fail(f"{args.data} holds {len(data)} images, fewer than one batch of {B}")
+    if per_epoch == 0 or getattr(args, "images", len(data)) != len(data):  # a resume: the run's count
+        fail(f"{args.data} holds {len(data)} images, " + (f"not the run's {args.images}" if per_epoch else
+                                                          f"fewer than one batch of {B}"))
+    args.images = len(data)
     torch.manual_seed(args.seed)                                # initial weights
     G, D, opt_G, opt_D = nets = build(args, device)
     fixed_z = noise(64, args, device, torch.Generator().manual_seed(args.seed))  # the grids' z, every epoch
     step = epoch = batch = 0                                    # steps, whole epochs, batches of this epoch done
     if ckpt:
-        for part, key in zip((*nets, scaler), PARTS):
-            if ckpt[key]:                                       # a disabled scaler saved an empty state
-                part.load_state_dict(ckpt[key])
+        restore(zip((*nets, scaler), PARTS), ckpt)
         for group in opt_G.param_groups + opt_D.param_groups:
             group["lr"] = args.lr                               # a resumed run may change the learning rate
         fixed_z, step, epoch, batch = ckpt["fixed_z"], ckpt["step"], ckpt["epoch"], ckpt["batch"]
@@ -150,7 +157,7 @@ def train(args):
     if last_step <= step:
         fail(f"the run in {out} is already at step {step} (epoch {epoch}); raise --epochs or --max-steps")
     for folder in ("checkpoints", "samples"):
-        (out / folder).mkdir(parents=True, exist_ok=True)
+        (out / folder).mkdir(exist_ok=True)
     log = RunLog(out, args, step, last_step, ckpt)
     save_image(data[:64].unsqueeze(1) / 255, out / "real.png", nrow=8)  # (64, 1, 28, 28) in [0, 1]
 
@@ -159,12 +166,13 @@ def train(args):
     handlers = {s: signal.signal(s, lambda signum, _: asked.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
     while step < last_step and not asked:
         # This epoch's order of the digits, and below each step's z: drawn on the CPU from generators seeded
-        # by (--seed, epoch) and (--seed, step) alone, so a resume needs no random state.
-        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed + epoch)).to(device)
+        # by the pair (--seed, epoch) and the triple (--seed, 0, step) alone, so a resume needs no random state.
+        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(hash((args.seed, epoch))))
+        order = order.to(device)
         for batch in range(batch, per_epoch):                   # the rest of this epoch
             x = data[order[batch * B:(batch + 1) * B]].unsqueeze(1)  # (B, 1, 28, 28) uint8 in [0, 255]
             x = x.float().div_(127.5).sub_(1.0)                 # real images in [-1, 1] (detail 4)
-            z = noise(B, args, device, torch.Generator().manual_seed(hash((args.seed, step))))  # (B, z_dim)
+            z = noise(B, args, device, torch.Generator().manual_seed(hash((args.seed, 0, step))))  # (B, z_dim)
             stats = train_step(G, D, opt_G, opt_D, x, z, amp, scaler)  # (4,), on the device
             step += 1
             log.record(step, epoch + 1, stats)
@@ -173,13 +181,17 @@ def train(args):
         epoch, batch = (epoch + 1, 0) if batch + 1 == per_epoch else (epoch, batch + 1)
         # checkpoint.pt atomically (a .tmp file, then renamed), with the log's length to cut it to on resume
         log.flush()                                             # and NaN checked: no NaN reaches a checkpoint
-        torch.save({"script": SCRIPT, "args": vars(args), **{k: m.state_dict() for k, m in zip(PARTS, (*nets, scaler))},
-                    "step": step, "epoch": epoch, "batch": batch, "fixed_z": fixed_z,
-                    "time": time.perf_counter() - log.t0, "log_bytes": log.file.tell()}, out / "checkpoint.tmp")
+        try:
+            torch.save({"script": SCRIPT, "args": vars(args), "step": step, "epoch": epoch, "batch": batch,
+                        **{k: m.state_dict() for k, m in zip(PARTS, (*nets, scaler))}, "fixed_z": fixed_z,
+                        "time": time.perf_counter() - log.t0, "log_bytes": log.file.tell()}, out / "checkpoint.tmp")
+        except RuntimeError as e:                               # torch.save's error when the disk is full
+            (out / "checkpoint.tmp").unlink(missing_ok=True)
+            fail(f"cannot write a checkpoint in {out} ({str(e)[:60]}: a full disk?); the last one is kept")
         os.replace(out / "checkpoint.tmp", out / "checkpoint.pt")
         if batch == 0:                                          # an epoch's end: keep the last KEEP_EPOCHS epochs'
             shutil.copyfile(out / "checkpoint.pt", out / "checkpoints" / f"epoch_{epoch:04d}.pt")
-            for path in (out / "checkpoints").glob("epoch_*.pt"):
+            for path in (out / "checkpoints").glob("epoch_[0-9][0-9][0-9][0-9].pt"):
                 if not epoch - KEEP_EPOCHS < int(path.stem[6:]) <= epoch:  # later ones too: from before a roll-back
                     path.unlink()
         grid = (sample(G, fixed_z).float() + 1) / 2             # (64, 1, 28, 28) in [0, 1]
@@ -210,9 +222,31 @@ def setup(args):
         fail("--amp needs a cpu or cuda device, not mps")
     major, minor = torch.cuda.get_device_capability(device) if device.type == "cuda" else (8, 0)
     half = args.amp == "fp16" or args.amp == "auto" and major < 8
-    print("--amp: " + ("float16 autocast with a gradient scaler" if half else "bfloat16 autocast")
-          + (f" (cuda, compute capability {major}.{minor} has no native bfloat16)" if major < 8 else ""))
-    return device, torch.float16 if half else torch.bfloat16
+    dtype = torch.float16 if half else torch.bfloat16
+    said = "float16 autocast with a gradient scaler" if half else "bfloat16 autocast"
+    if major < 8:
+        said += f" (cuda, compute capability {major}.{minor} has no native bfloat16)"
+    if args.amp == "auto" and device.type == "cpu" and not args.generate:  # bfloat16 must be 5% faster
+        fp32, bf16 = (step_seconds(args, device, d) for d in (None, torch.bfloat16))
+        dtype, said = (dtype, said) if bf16 < 0.95 * fp32 else (None, "float32")
+        said = f"bfloat16 is {max(fp32, bf16) / min(fp32, bf16):.1f}x {'faster' if bf16 < fp32 else 'slower'}" \
+               f" than float32 here; training in {said}"
+    print("--amp: " + said)
+    return device, dtype
+
+
+def step_seconds(args, device, dtype):
+    """Seconds of a train_step in dtype (None: float32) on new networks and random images, the best of two after a
+    warm-up: how --amp on a CPU compares float32 and bfloat16, whose speed the CPU's flags do not tell (with
+    avx512_bf16 it was 1.6x faster on an AMD EPYC and 1.4-1.9x slower on an Intel Xeon)."""
+    G, D, opt_G, opt_D = build(args, device)
+    x, z = torch.rand(args.batch_size, 1, 28, 28, device=device) * 2 - 1, noise(args.batch_size, args, device)
+    amp, times = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None), []
+    for _ in range(3):
+        t = time.perf_counter()
+        train_step(G, D, opt_G, opt_D, x, z, amp, torch.amp.GradScaler(device.type, enabled=False))
+        times.append(time.perf_counter() - t)
+    return min(times[1:])
 
 
 def fail(message):
@@ -220,29 +254,70 @@ def fail(message):
     raise SystemExit(f"{SCRIPT}.py: error: {message}")
 
 
-def open_run(args, device):
-    """The checkpoint to go on from (--out/checkpoint.pt or --resume PATH) once checked, or None for a new run."""
-    out, training = Path(args.out), not args.generate
-    if training and (out.is_file() or not args.resume and (out / "checkpoint.pt").exists()):
-        fail(f"--out {out} is a file, not a folder" if out.is_file() else f"--out {out} already holds a run "
-             "(checkpoint.pt): continue it with --resume, or pick another --out")
-    if training and not args.resume:
-        return None
-    path = Path(args.resume) if training and args.resume is not True else out / "checkpoint.pt"
+@contextlib.contextmanager
+def hold(out):
+    """Locks out/lock while this process trains (process 0 under torchrun), so that a second one training into
+    --out refuses in one line. The OS frees the lock when the process ends, a crash included."""
+    if out.is_file():
+        fail(f"--out {out} is a file, not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "lock", "w") as lock:
+        try:
+            fcntl and os.environ.get("RANK", "0") == "0" and fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fail(f"another process is training into {out}; wait for it to end, or pick another --out")
+        yield
+
+
+def load_checkpoint(path, device):
+    """A checkpoint of this script, or one line why not."""
     if not path.is_file():
         fail(f"no checkpoint at {path} (train first, or point --out at a run folder)")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
-        owner = ckpt.get("script")
     except Exception as e:
         fail(f"cannot read checkpoint {path}: it is damaged or not a checkpoint ({type(e).__name__})")
-    if owner != SCRIPT:
-        fail(f"{path} was not written by {SCRIPT}.py" + (f" but by {owner}.py" if owner else ""))
-    for flag in NETWORK_FLAGS + ("batch_size",) * training:     # the place in an epoch is counted in batches
-        then, now = (str(v).strip("[]").replace(",", "") for v in (ckpt["args"][flag], getattr(args, flag)))
-        if then != now:                                         # as typed: [1024, 1024] reads 1024 1024
-            fail(f"{path} was trained with --{flag.replace('_', '-')} {then}, not {now}; use the same to go on")
+    owner = ckpt.get("script") if isinstance(ckpt, dict) else None
+    return ckpt if owner == SCRIPT else fail(f"{path} is not a checkpoint of {SCRIPT}.py" + (
+        f" but of {owner}.py" if isinstance(owner, str) else ""))
+
+
+def open_run(args, device):
+    """A new run (None) into a folder with no part of one (RUN_PARTS), or the checkpoint to go on from: --out's, or
+    --resume PATH of the same run (e.g. its checkpoints/epoch_0007.pt), with the run's flags put back into args."""
+    out = Path(args.out)
+    if not args.resume and not args.generate:
+        held = [name for name in RUN_PARTS if (out / name).is_file() or any((out / name).glob("*"))]
+        if held:
+            fail(f"--out {out} already holds a run ({', '.join(held)}): continue it with --resume, or pick "
+                 "another --out")
+        args.run = os.urandom(8).hex()                          # the run's name in its checkpoints
+        return None
+    path = out / "checkpoint.pt" if args.resume in (None, True) else Path(args.resume)
+    ckpt = load_checkpoint(path, device)
+    here = out / "checkpoint.pt"
+    if path != here and (not here.is_file() or load_checkpoint(here, "cpu")["args"].get("run") != ckpt["args"].get(
+            "run")):
+        fail(f"{path} is not a checkpoint of the run in {out}: --resume PATH goes on in PATH's own run folder")
+    for flag, then in ckpt["args"].items():                     # the run's flags, unless given and changeable
+        if flag in THIS_COMMAND or flag in args.given and flag in CHANGEABLE + ("seed", "batch_size") * (
+                args.generate is not None):                     # --generate's z: from its own --seed
+            continue
+        if flag in args.given and getattr(args, flag) != then:  # said as typed: [1024, 1024] is 1024 1024
+            then, now = (str(v).strip("[]").replace(",", "") for v in (then, getattr(args, flag)))
+            fail(f"{path} was trained with --{flag.replace('_', '-')} {then}, not {now}; leave the flag out to "
+                 "go on with the run's")
+        setattr(args, flag, then)
     return ckpt
+
+
+def restore(parts, ckpt):
+    """Loads each part's state ({} for a scaler saved disabled: kept), or one line when the networks do not fit."""
+    try:
+        for part, key in parts:
+            part.load_state_dict(ckpt[key] or part.state_dict())
+    except (KeyError, RuntimeError, ValueError) as e:
+        fail(f"the checkpoint does not fit {SCRIPT}.py's networks (an older version's?): {' '.join(str(e).split())[:150]}")
 
 
 class RunLog:
@@ -254,8 +329,12 @@ class RunLog:
         self.pending, self.recent, self.told = [], [], False
         self.t0 = time.perf_counter() - (ckpt["time"] if ckpt else 0.0)  # the run's clock, across resumes
         self.t_first = self.t_line = time.perf_counter()
-        if ckpt and (out / "log.csv").is_file():                # drop the rows a killed run wrote after ckpt
-            os.truncate(out / "log.csv", ckpt["log_bytes"])
+        if ckpt:                                                # its rows must end with the checkpoint's step
+            head = (out / "log.csv").read_bytes()[:ckpt["log_bytes"]] if (out / "log.csv").is_file() else b""
+            if len(head) < ckpt["log_bytes"] or not head.endswith(b"\n") or not head.splitlines()[-1].startswith(
+                    f"{step},".encode()):
+                fail(f"{out / 'log.csv'} does not hold the rows to step {step} of this checkpoint (rolled back past it?)")
+            os.truncate(out / "log.csv", ckpt["log_bytes"])     # drop the rows a killed run wrote after ckpt
         self.file = open(out / "log.csv", "a" if ckpt else "w", buffering=1)  # line-buffered: each row reaches the OS
         self.file.write("" if self.file.tell() else "step,epoch,time,loss_d,loss_g,d_real,d_fake\n")
 
@@ -292,23 +371,33 @@ def sample(G, z):
 
 
 def generate(args):
-    """--generate N: N PNGs in --out/generated/ and generated_grid.png (the first 64), z drawn as in training, in
-    chunks of max(64, --batch-size): memory does not grow with N, and BatchNorm sees 64 images or more."""
+    """--generate N: exactly N PNGs in --out/generated/ (earlier ones removed) and generated_grid.png (the first 64),
+    from --out's checkpoint or --resume PATH, z drawn as in training, in chunks of max(64, --batch-size): memory does
+    not grow with N, and BatchNorm sees 64 images or more. A stop says how many it wrote."""
     (device, dtype), out = setup(args), Path(args.out)
-    G, ckpt = build(args, device)[0], open_run(args, device)
-    G.load_state_dict(ckpt["G"])
+    ckpt = open_run(args, device)                               # the run's network flags, into args
+    G, folder, written = build(args, device)[0], out / "generated", 0
+    restore([(G, "G")], ckpt)
     rng, chunk, seconds = torch.Generator().manual_seed(args.seed), max(64, args.batch_size), 0.0
-    (out / "generated").mkdir(exist_ok=True)
-    for start in range(0, args.generate, chunk):
-        z, t = noise(chunk, args, device, rng), time.perf_counter()
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            images = ((sample(G, z).float() + 1) / 2).clamp_(0, 1)[:args.generate - start].cpu()  # waits for G
-        seconds += time.perf_counter() - t
-        for i, image in enumerate(images):
-            save_image(image, out / "generated" / f"{start + i:06d}.png")
-        if start == 0:
-            save_image(images[:64], out / "generated_grid.png", nrow=8)
-    print(f"wrote {args.generate} images to {out / 'generated'} and a grid of the first {min(64, args.generate)} to "
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in folder.glob("*.png"):
+        path.unlink()
+    signal.signal(signal.SIGTERM, signal.default_int_handler)   # a stop, as Ctrl-C: KeyboardInterrupt
+    try:
+        for start in range(0, args.generate, chunk):
+            z, t = noise(chunk, args, device, rng), time.perf_counter()
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                images = ((sample(G, z).float() + 1) / 2).clamp_(0, 1)[:args.generate - start].cpu()
+            seconds += time.perf_counter() - t
+            for image in images:
+                save_image(image, folder / f"{written:06d}.png")
+                written += 1
+            if start == 0:
+                save_image(images[:64], out / "generated_grid.png", nrow=8)
+    except KeyboardInterrupt:
+        (folder / f"{written:06d}.png").unlink(missing_ok=True)  # half written, if any
+        fail(f"stopped: {written} of {args.generate} images written to {folder}")
+    print(f"wrote {args.generate} images to {folder} and a grid of the first {min(64, args.generate)} to "
           f"{out / 'generated_grid.png'} (G: {args.generate / seconds:.0f} images/s)")
 
 
@@ -333,16 +422,27 @@ def parse_args(argv=None):
     p.add_argument("--amp", nargs="?", const="auto", choices=["auto", "bf16", "fp16"], help="bf16, fp16 before Ampere")
     p.add_argument("--log-every", type=float, default=5.0, help="seconds between progress lines")
     args = p.parse_args(argv)
+    unset = argparse.Namespace(**dict.fromkeys(vars(args)))     # no defaults: what the command line gave
+    args.given = [flag for flag, value in vars(p.parse_args(argv, unset)).items() if value is not None]
     for flag in ("epochs", "batch_size", "lr", "z_dim", "max_steps", "generate", "log_every", "g_hidden", "d_hidden"):
         value = getattr(args, flag)
         if value is not None and not min(value if isinstance(value, list) else [value]) > 0:  # NaN is not > 0
             fail(f"--{flag.replace('_', '-')} must be positive, got {value}")
+    if not 0 <= args.seed < 2**63 or not 0 <= args.beta1 < 1:
+        fail(f"--seed must be in [0, 2**63) and --beta1 in [0, 1), got {args.seed} and {args.beta1}")
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
-    generate(args) if args.generate else train(args)
+    try:
+        if args.generate:
+            generate(args)
+        else:
+            with hold(Path(args.out)):                          # one training process per run folder
+                train(args)
+    except OSError as e:                                        # a path the OS refuses, a full disk, ...
+        fail(f"{e.strerror or e}: {e.filename or args.out}")
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ def test_trains_resumes_and_generates(photo_folder, tmp_path, capsys):
               "--log-every", "100")
     result = run_script("dcgan256.py", *common, "--max-steps", "2")
     assert result.returncode == 0, result.stderr
-    assert "truncated.jpg" in result.stdout and "trained 2 steps" in result.stdout
+    assert "trained 2 steps" in result.stdout
     dcgan256.main([str(a) for a in common] + ["--max-steps", "3", "--resume", "--workers", "0"])
     assert "trained 1 steps" in capsys.readouterr().out
     assert (out / "log.csv").read_text().count("\n") == 1 + 3
@@ -76,4 +76,4 @@ def test_trains_resumes_and_generates(photo_folder, tmp_path, capsys):
     # A dcgan64.py checkpoint is refused by name, in one line.
     torch.save({**ckpt, "script": "dcgan64"}, out / "checkpoint.pt")
     assert error_of("dcgan256", "--out", out, "--generate", "2") == (
-        f"dcgan256.py: error: {out / 'checkpoint.pt'} was not written by dcgan256.py but by dcgan64.py")
+        f"dcgan256.py: error: {out / 'checkpoint.pt'} is not a checkpoint of dcgan256.py but of dcgan64.py")

@@ -161,7 +161,7 @@ def test_bad_checkpoints(trained, photo_folder, tmp_path):
     fails_with(["--resume", "--out", tmp_path / "none", *data], "no checkpoint at")
     fails_with(["--out", trained[0], *data], "already holds a run")
     fails_with(["--resume", "--out", trained[0], *data, "--ngf", "8", "--ndf", "8", "--batch-size", "2"],
-               "was trained with --batch-size 4; resume with the same")
+               "was trained with --batch-size 4, not 2; leave the flag out to go on with the run's")
     fails_with(["--generate", "3", "--out", trained[0], "--ngf", "16", "--ndf", "8"], "--ngf 8")
     fails_with(["--generate", "3", "--out", trained[0], "--ngf", "8", "--ndf", "8", "--channels", "1"],
                "--channels 3")
@@ -172,7 +172,7 @@ def test_bad_checkpoints(trained, photo_folder, tmp_path):
     (tmp_path / "other").mkdir()
     torch.save({**ckpt, "script": "dcgan256"}, tmp_path / "other" / "checkpoint.pt")
     fails_with(["--generate", "3", "--out", tmp_path / "other", "--ngf", "8", "--ndf", "8"],
-               "not written by dcgan64.py but by dcgan256.py")
+               "is not a checkpoint of dcgan64.py but of dcgan256.py")
 
 
 def test_nan_losses_stop_the_run_and_keep_the_checkpoint(trained, photo_folder, tmp_path):
@@ -184,7 +184,7 @@ def test_nan_losses_stop_the_run_and_keep_the_checkpoint(trained, photo_folder, 
     before = (out / "checkpoint.pt").read_bytes()
     message = error_of("dcgan64", "--data", photo_folder, "--out", out, "--resume", "--epochs", "3", "--workers", "0",
                        *SMALL)
-    assert re.fullmatch(r"dcgan64.py: error: losses became NaN or infinite at step \d+; the last good checkpoint"
+    assert re.fullmatch(r"dcgan64.py: error: losses became NaN or infinite by step \d+; the last good checkpoint"
                         r" is kept in \S+", message), message
     assert (out / "checkpoint.pt").read_bytes() == before
 

@@ -134,7 +134,7 @@ def test_resume_with_another_batch_size_is_refused_in_one_line(script, tiny_mnis
     train(script, tiny_mnist, tmp_path / "run", "--max-steps", 2)
     message = error_of(script, "--data", tiny_mnist, "--out", tmp_path / "run", "--resume", "--batch-size", 64)
     assert message == (f"{script}.py: error: {tmp_path / 'run' / 'checkpoint.pt'} was trained with --batch-size 16, "
-                       "not 64; use the same to go on")
+                       "not 64; leave the flag out to go on with the run's")
 
 
 # ---- when training goes wrong: warnings, and epoch checkpoints to roll back to ---------------------------------
@@ -262,7 +262,7 @@ def test_run_folder_problems(tiny_mnist, tmp_path):
 def test_checkpoint_of_another_script_or_other_widths_is_refused(tiny_mnist, tmp_path):
     out = tmp_path / "run"
     train("vanilla_gan", tiny_mnist, out, "--max-steps", 2)
-    assert "not written by lsgan.py but by vanilla_gan.py" in error_of("lsgan", "--out", out, "--generate", 2)
+    assert "is not a checkpoint of lsgan.py but of vanilla_gan.py" in error_of("lsgan", "--out", out, "--generate", 2)
     assert "trained with --g-hidden 1024 1024" in error_of("vanilla_gan", "--out", out, "--generate", 2,
                                                            "--g-hidden", 256)
 
@@ -366,7 +366,15 @@ def test_amp_chooses_bfloat16_or_float16_with_a_scaler_from_the_device(script, m
     dtype, said = precision_of(script, "cuda", [], monkeypatch, capability=(8, 0))  # an A100
     assert dtype == torch.bfloat16 and said == "--amp: bfloat16 autocast\n"
     assert precision_of(script, "cuda", ["bf16"], monkeypatch, capability=(7, 0))[0] == torch.bfloat16  # forced
-    assert precision_of(script, "cpu", [], monkeypatch)[0] == torch.bfloat16
+    module = importlib.import_module(script)
+    for fp32, bf16, expected, said in ((1.0, 0.5, torch.bfloat16, "2.0x faster than float32 here; training in "
+                                        "bfloat16 autocast"),
+                                       (1.0, 1.4, None, "1.4x slower than float32 here; training in float32"),
+                                       (1.0, 0.97, None, "1.0x faster than float32 here; training in float32")):
+        monkeypatch.setattr(module, "step_seconds", lambda args, device, dtype: bf16 if dtype else fp32)
+        assert precision_of(script, "cpu", [], monkeypatch) == (expected, f"--amp: bfloat16 is {said}\n")
+    monkeypatch.setattr(module, "step_seconds", None)          # forced: nothing timed
+    assert precision_of(script, "cpu", ["bf16"], monkeypatch)[0] == torch.bfloat16
     assert precision_of(script, "cpu", ["fp16"], monkeypatch)[0] == torch.float16
     with pytest.raises(SystemExit, match=f"^{script}.py: error: --amp needs a cpu or cuda device, not mps$"):
         precision_of(script, "mps", [], monkeypatch)

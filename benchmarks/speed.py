@@ -1,193 +1,306 @@
-"""Training and generation speed of the five scripts on this machine's default device: one command.
+"""How fast is it? The five scripts, fp32 and --amp, beside pytorch/examples and the ceiling.
 
-    python benchmarks/speed.py --mnist ./data --images ./celeba
+    python benchmarks/speed.py --mnist ./data --images ./celeba --examples ../examples
 
-Each script runs through its real command line (device auto: cuda, then mps, then cpu), in fp32 and with --amp,
-at the batch sizes users use (MNIST scripts and dcgan64.py 128; dcgan256.py 8, 16 and 32), for --warmup + --steps
-steps (--max-steps). Figures:
-- training images/s = batch size x measured steps / (time of the last step - time of the last warm-up step),
-  from the `time` column of log.csv (per-step wall clock, so start-up, data loading before the first step and the
-  warm-up steps are left out; on CUDA the clock is read without a sync, which evens out over the measured steps);
-- G images/s: the `wrote N images ... (G: X images/s)` line of --generate N (G's forward passes only);
-- peak memory of the training steps: the largest resident set size of the script's main process (sampled every
-  2 ms up to the last optimizer step, so the sample grid written at the end is left out; DataLoader worker
-  processes not included); on CUDA also torch.cuda.max_memory_allocated() at the last step. Each run is a fresh
-  process, started by benchmarks/peak_memory.py, which runs the script with runpy; the script itself is unchanged.
-Data: MNIST from --mnist and photos from --images (repeated with symbolic links so that a measured run stays within
-one epoch, with real decoding cost); either one missing -> small synthetic data in a temporary folder
-(benchmarks/synthetic.py), so the tool runs anywhere (images/s do not depend on what the pixels show).
-Writes benchmarks/results/speed.md and speed.csv with the device, CPU, core count and torch version.
+Time: about 10 min on a 2-core CPU with --no-amp (--amp on a CPU without bf16 instructions takes
+far longer), a few minutes on a GPU. --only picks parts; all by default, peer with --examples.
+
+- scripts: each script through its command line on the default device, at the batch sizes users
+  use, warm-up + measured steps (--max-steps) in a fresh process: training images/s from log.csv's
+  `time` after the warm-up; G images/s from --generate's `(G: X images/s)`; peak resident memory
+  of the training steps (sampled every 2 ms up to the last optimizer step; DataLoader workers not
+  counted) and CUDA's. Photos (--images) are linked repeatedly so that no epoch ends in a run;
+  without --mnist or --images, synthetic data.
+- peer: dcgan64.py (--ours: fp32, amp, cache, amp+cache, ...) beside dcgan/main.py of the
+  checkout, unmodified: the same photos, batch and workers, fresh processes taking turns.
+- ceiling: each script's train_step on random data against the faster of a 2048^3 matrix product
+  and dcgan64.py's main convolution (MLPs: the product), measured in the same run.
+Writes results/speed.md and speed.csv with the machine named.
 """
 
-import argparse
-import csv
+import inspect
+import math
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-import synthetic  # noqa: E402
-from peak_memory import MEMORY_TAG  # noqa: E402
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
-# script, data kind, batch sizes, (warm-up, measured) steps, images for --generate, extra flags
-CONFIGS = [
-    ("vanilla_gan", "mnist", [128], (5, 50), 5000, []),
-    ("lsgan", "mnist", [128], (5, 50), 5000, []),
-    ("dcgan_mnist", "mnist", [128], (3, 20), 5000, []),
-    ("dcgan64", "images", [128], (2, 6), 512, []),
-    ("dcgan256", "images", [8, 16, 32], (2, 4), 64, []),
-]
-QUICK = {"vanilla_gan": [16], "lsgan": [16], "dcgan_mnist": [16], "dcgan64": [4], "dcgan256": [2]}
-# Put before the script: benchmarks/peak_memory.py runs it as __main__ and prints the peak memory of its training
-# steps after MEMORY_TAG when it ends.
-WRAPPER = Path(__file__).resolve().parent / "peak_memory.py"
+import common
+
+# script: data, batch sizes, (warm-up, measured) steps, images for --generate
+CONFIGS = {
+    "vanilla_gan": ("mnist", [128], (5, 50), 5000),
+    "lsgan": ("mnist", [128], (5, 50), 5000),
+    "dcgan_mnist": ("mnist", [128], (3, 20), 5000),
+    "dcgan64": ("images", [128], (2, 6), 512),
+    "dcgan256": ("images", [8, 16, 32], (2, 4), 64),
+}
+MEMORY_TAG = "speed.py memory:"
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--mnist", help="torchvision MNIST root, e.g. ./data (where the MNIST scripts download it); "
-                   "synthetic digits when not given")
-    p.add_argument("--images", help="folder of photos, searched recursively (e.g. ./celeba); synthetic photos "
-                   "when not given")
-    p.add_argument("--scripts", nargs="+", choices=[c[0] for c in CONFIGS], default=[c[0] for c in CONFIGS])
-    p.add_argument("--steps-scale", type=float, default=1.0, help="multiply the measured steps (more = steadier)")
+    p = common.parser(__doc__)
+    p.add_argument("--only", nargs="+", choices=["scripts", "peer", "ceiling"])
+    p.add_argument("--mnist", help="torchvision MNIST root (./data); synthetic digits without it")
+    p.add_argument("--images", help="folder of photos (./celeba); synthetic photos without it")
+    p.add_argument("--examples", help="a checkout of github.com/pytorch/examples: the peer")
+    p.add_argument(
+        "--scripts", nargs="+", choices=list(CONFIGS), default=list(CONFIGS), metavar="S"
+    )
     p.add_argument("--no-amp", action="store_true", help="fp32 only")
-    p.add_argument("--results", default=str(common.BENCH / "results"), help="folder for speed.md and speed.csv")
-    p.add_argument("--scripts-dir", default=str(common.REPO), help="folder holding the five scripts")
-    p.add_argument("--quick", action="store_true", help="smoke run: tiny batches, 1 + 2 steps, fp32 only")
+    p.add_argument("--ours", nargs="+", default=["fp32", "amp"], help="peer: dcgan64.py variants")
+    p.add_argument("--rounds", type=int, default=2, help="peer: runs of each, taking turns")
+    p.add_argument("--workers", type=int, default=2, help="peer: DataLoader workers, for both")
+    p.add_argument("--steps", type=int, help="measured steps of every run (default: per script)")
+    p.add_argument("--results", default=str(common.BENCH / "results"))
+    p.add_argument("--scripts-dir", default=str(common.REPO), help="folder holding the scripts")
+    p.add_argument("--quick", action="store_true", help="smoke run: tiny batches, a few steps")
     args = p.parse_args(argv)
-    if args.steps_scale <= 0:
-        p.error("--steps-scale must be positive")
+    args.only = args.only or ["scripts", "ceiling"] + ["peer"] * bool(args.examples)
+    if "peer" in args.only and not (Path(args.examples or "") / "dcgan" / "main.py").is_file():
+        p.error(f"--examples {args.examples} holds no dcgan/main.py")
     return args
 
 
-def image_folder(src, tmp, n_needed):
-    """A folder with at least n_needed photos: src itself, or links repeating its photos (or synthetic ones); and
-    the number of distinct photos."""
-    if src is None:
-        src = synthetic.write_image_folder(Path(tmp) / "synthetic-photos", n=min(n_needed, 64))
-    suffixes = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-    photos = sorted(p for p in Path(src).rglob("*") if p.suffix.lower() in suffixes)
-    if not photos:
-        raise SystemExit(f"speed.py: error: no photos in {src}")
-    if len(photos) >= n_needed:
-        return Path(src).resolve(), len(photos)  # resolved: the scripts run in --scripts-dir
-    folder = Path(tmp) / "photos"
-    folder.mkdir(exist_ok=True)
-    for i in range(n_needed):
-        link = folder / f"{i:06d}{photos[i % len(photos)].suffix.lower()}"
-        if not link.exists():
-            link.symlink_to(photos[i % len(photos)].resolve())
-    return folder, len(photos)
+# `python -c PEAK_MEMORY SCRIPT ARGS` runs the script as __main__ and prints the peak resident
+# memory up to its last optimizer step (sampled every 2 ms) and CUDA's; standard library only.
+PEAK_MEMORY = f"""
+import os, resource, runpy, sys, threading, time
+path, samples, last, cuda, done = sys.argv[1], [], [0.0], [0], threading.Event()
+sys.argv, sys.path[0] = sys.argv[1:], os.path.dirname(os.path.abspath(path))
+def on_step(*_):
+    last[0], torch = time.perf_counter(), sys.modules["torch"]
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        cuda[0] = torch.cuda.max_memory_allocated()
+def poll():
+    hooked = False
+    while not done.wait(0.002):
+        if not hooked and "torch.optim.optimizer" in sys.modules:
+            sys.modules["torch.optim.optimizer"].register_optimizer_step_post_hook(on_step)
+            hooked = True
+        with open("/proc/self/statm") as f:
+            rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        samples.append((time.perf_counter(), rss))
+threading.Thread(target=poll, daemon=True).start()
+try:
+    runpy.run_path(path, run_name="__main__")
+finally:
+    done.set()
+    peak = [rss for t, rss in samples if t <= last[0]]
+    peak = max(peak) if peak else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print("{MEMORY_TAG}", peak, cuda[0], flush=True)
+"""
 
 
-def measure(script, data, batch, amp, warmup, steps, n_generate, flags, args, tmp):
-    """One training run (fresh process) and one --generate run; returns a dict of figures."""
-    out = Path(tmp) / f"{script}-b{batch}-{'amp' if amp else 'fp32'}"
-    amp_flag = ["--amp"] if amp else []
-    stdout = common.run_script(f"{script}.py", "--data", data, "--out", out, "--batch-size", batch,
-                               "--epochs", 100000, "--max-steps", warmup + steps, "--log-every", 1000,
-                               *amp_flag, *flags, scripts_dir=args.scripts_dir,
-                               python=(sys.executable, str(WRAPPER)), log=Path(tmp) / "stdout.txt")
+# ---- the five scripts, whole runs ---------------------------------------------------------------
+def photo_folder(src, where, n):
+    """where/photos/: n links to the photos of src (without src: synthetic); and their number."""
+    src = src or common.write_image_folder(Path(where) / "synthetic", n=min(n, 64))
+    return Path(where) / "photos", common.link_photos(src, where, n)[1]
+
+
+def run_one(script, data, batch, amp, steps, n_gen, args, tmp):
+    """One training run and one --generate run in fresh processes; a row of figures."""
+    out, warmup = Path(tmp) / f"{script}-b{batch}-{amp}", steps[0]
+    flags = ["--amp"] if amp else []
+    stdout = common.run_script(
+        f"{script}.py", "--data", data, "--out", out, "--batch-size", batch, "--epochs", 10**5,
+        "--max-steps", sum(steps), "--log-every", 1000, *flags, scripts_dir=args.scripts_dir,
+        python=(sys.executable, "-c", PEAK_MEMORY),
+    )  # fmt: skip
     log = common.read_log(out / "log.csv")
     t0 = next(r["time"] for r in log if r["step"] == warmup)
-    last = log[-1]
-    rate = batch * (last["step"] - warmup) / (last["time"] - t0)
-    mem = stdout[stdout.rindex(MEMORY_TAG):].split()
-    gen = common.run_script(f"{script}.py", "--out", out, "--generate", n_generate, *amp_flag, *flags,
-                            scripts_dir=args.scripts_dir, log=Path(tmp) / "stdout.txt")
-    return dict(script=script, batch=batch, precision="bf16 autocast" if amp else "fp32",
-                steps=f"{warmup}+{last['step'] - warmup}", train_images_per_s=round(rate, 1),
-                g_images_per_s=common.generated_rate(gen), peak_rss_mib=round(int(mem[3]) / 2**20),
-                cuda_peak_mib=round(int(mem[5]) / 2**20))
+    rate = batch * (log[-1]["step"] - warmup) / (log[-1]["time"] - t0)
+    mem = stdout[stdout.rindex(MEMORY_TAG) :].split()
+    gen = common.run_script(f"{script}.py", "--out", out, "--generate", n_gen, *flags,
+                            scripts_dir=args.scripts_dir)  # fmt: skip
+    g_rate = float(gen.rsplit("(G: ", 1)[1].split()[0])
+    return dict(
+        script=script, batch=batch, precision="bf16 autocast" if amp else "fp32",
+        steps=f"{warmup}+{log[-1]['step'] - warmup}", train_images_per_s=round(rate, 1),
+        g_images_per_s=g_rate, peak_rss_mib=round(int(mem[2]) / 2**20),
+        cuda_peak_mib=round(int(mem[3]) / 2**20),
+    )  # fmt: skip
 
 
-def estimate_minutes(configs, args):
-    """Rough minutes on a 2-core CPU (start-up and generation included), printed before starting."""
-    rough = {"vanilla_gan": 0.4, "lsgan": 0.4, "dcgan_mnist": 1, "dcgan64": 2.5, "dcgan256": 2.5}  # per precision
-    runs = 1 if args.no_amp else 2
-    return sum(rough[c[0]] * runs * args.steps_scale for c in configs)
+def scripts_part(args, tmp, notes):
+    runs = []
+    for script in args.scripts:
+        kind, batches, steps, n_gen = CONFIGS[script]
+        if args.quick:
+            batches, steps, n_gen = [2], (1, 2), 8
+        steps = (steps[0], args.steps or steps[1])
+        for amp in [False] if args.no_amp or args.quick else [False, True]:
+            runs += [(script, kind, b, amp, steps, n_gen) for b in batches]
+    per_run = max(b * (sum(s) + 1) for _, _, b, _, s, _ in runs)  # no epoch ends in a measured run
+    mnist = args.mnist and str(Path(args.mnist).resolve())
+    mnist = mnist or common.write_mnist(Path(tmp) / "mnist", n_per_class=-(-per_run // 10))
+    photos, n_photos = photo_folder(args.images, Path(tmp) / "scripts", per_run)
+    notes.append(f"MNIST: {args.mnist or 'synthetic digits'}; photos: {n_photos} of "
+                 f"{args.images or 'synthetic photos'}, repeated by links.\n")  # fmt: skip
+    rows = []
+    for script, kind, batch, amp, steps, n_gen in runs:
+        data = mnist if kind == "mnist" else photos
+        try:
+            rows.append(run_one(script, data, batch, amp, steps, n_gen, args, tmp))
+        except common.ScriptFailed as e:
+            notes.append(f"`{script}.py` batch {batch} amp {amp}: failed ({str(e)[-200:]}).\n")
+            continue
+        print(" | ".join(map(str, rows[-1].values())), flush=True)
+    header = ["script", "batch", "precision", "steps", "training images/s", "G images/s"]
+    header += ["peak RSS (MiB)", "peak CUDA (MiB)"]
+    return header, [list(r.values()) for r in rows], rows
 
 
-def write_markdown(rows, machine, args, path, notes):
-    header = ["script", "batch", "precision", "steps (warm-up+measured)", "training images/s", "G images/s",
-              "peak RSS (MiB)"] + (["peak CUDA memory (MiB)"] if machine["device"].startswith("cuda") else [])
-    table = [[f"`{r['script']}.py`", r["batch"], r["precision"], r["steps"], f"{r['train_images_per_s']:.0f}",
-              f"{r['g_images_per_s']:.0f}", r["peak_rss_mib"]] +
-             ([r["cuda_peak_mib"]] if machine["device"].startswith("cuda") else []) for r in rows]
-    cmd = "python benchmarks/speed.py" + (f" --mnist {args.mnist}" if args.mnist else "") + \
-        (f" --images {args.images}" if args.images else "") + (" --quick" if args.quick else "")
-    text = "\n".join([
-        "## Speed\n",
-        f"Machine: {common.machine_line(machine)}.\n",
-        f"Command: `{cmd}`\n",
-        "Training images/s from log.csv's per-step times after the warm-up steps; G images/s from `--generate` "
-        "(G's forward passes only); peak RSS of the script's main process during the training steps (DataLoader "
-        "workers not counted). "
-        "Each script with its default settings apart from the batch size; `--amp` is bfloat16 autocast.\n",
-        *notes,
-        common.md_table(header, table)])
-    Path(path).write_text(text)
+# ---- against pytorch/examples' dcgan/main.py ----------------------------------------------------
+def peer_part(args, tmp, ceiling):
+    batch, (warmup, steps) = 128, (3, args.steps or 12)
+    root, n_photos = photo_folder(args.images, Path(tmp) / "peer", batch * (warmup + steps))
+    main_py = (Path(args.examples) / "dcgan" / "main.py").resolve()
+    variants = {v: [] if v == "fp32" else [f"--{f}" for f in v.split("+")] for v in args.ours}
+    rates = {"peer": [], **{v: [] for v in variants}}
+    for r in range(args.rounds):
+        for name in rates:
+            out = Path(tmp) / f"peer-{name}-{r}"
+            if name == "peer":
+                peer_args = ["--dataset", "folder", "--dataroot", root.parent, "--batchSize", batch]
+                peer_args += [
+                    "--workers",
+                    args.workers,
+                    "--niter",
+                    1,
+                    "--outf",
+                    out,
+                    "--manualSeed",
+                ]
+                peer_args += [1, *["--accel"] * (common.auto_device() == "cuda")]
+                log = common.run_peer(main_py, peer_args, stop_after=warmup + steps)
+            else:
+                flags = ["--out", out, "--batch-size", batch, "--workers", args.workers, "--seed"]
+                flags += [1, "--epochs", 1, "--log-every", 1000, *variants[name]]
+                common.run_script(
+                    "dcgan64.py", "--data", root, *flags, scripts_dir=args.scripts_dir
+                )
+                log = common.read_log(out / "log.csv")
+            t = {row["step"]: row["time"] for row in log}
+            rates[name].append(batch * steps / (t[warmup + steps] - t[warmup]))
+            print(f"round {r + 1}: {name}: {rates[name][-1]:.1f} images/s", flush=True)
+    rows, peer = [], statistics.median(rates["peer"])
+    for name, runs in rates.items():
+        kind = "bf16" if "amp" in name else "fp32"
+        median = statistics.median(runs)
+        at_ceiling = median * ceiling["dcgan64"] / 1e9 / max(ceiling.get(kind, [math.inf]))
+        fraction = f"{at_ceiling:.0%} of {kind}" * (kind in ceiling)
+        rows.append([name, " / ".join(f"{r:.1f}" for r in runs), f"{median / peer:.2f}x", fraction])
+    note = f"Peer: `{main_py}`, unmodified; {n_photos} photos, batch {batch}, {args.workers} "
+    note += "workers; the fraction of the ceiling measured in the same run (--amp: bf16's).\n"
+    return (
+        ["run", "images/s, each round", "x the peer (fp32)", "fraction of the ceiling"],
+        rows,
+        note,
+    )
+
+
+# ---- each train_step against this device's ceiling ----------------------------------------------
+def matmul_gflops(dtype, n=2048, repeats=5):
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    return timed(lambda: a @ b, repeats) * 2 * n**3 / 1e9
+
+
+def conv_gflops(dtype, batch=128, repeats=5):
+    """dcgan64.py's main convolution: 4x4, stride 2, 128 -> 256 channels, 16x16 -> 8x8."""
+    x = torch.randn(batch, 128, 16, 16, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(256, 128, 4, 4, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    flops = 2 * batch * 8 * 8 * 256 * 128 * 4 * 4
+    return timed(lambda: F.conv2d(x, w, stride=2, padding=1), repeats) * flops / 1e9
+
+
+def timed(step, repeats, warmup=1):
+    """Calls of step per second, after warm-up calls."""
+    for _ in range(warmup):
+        step()
+    t = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    return repeats / (time.perf_counter() - t)
+
+
+def script_step(name, batch):
+    """The script's train_step on random data as a function of an autocast context (on the CPU)."""
+    script = __import__(name)
+    args = script.parse_args(["--device", "cpu", "--batch-size", str(batch)])
+    torch.manual_seed(0)
+    G, D, opt_G, opt_D = script.build(args, torch.device("cpu"))
+    shape = (1, 28) if name in ("vanilla_gan", "lsgan", "dcgan_mnist") else (3, script.IMAGE_SIZE)
+    x = torch.rand(batch, shape[0], shape[1], shape[1]) * 2 - 1
+    x = x.contiguous(memory_format=torch.channels_last) if shape[0] == 3 else x
+    frozen = (D,) if "D_frozen" in inspect.signature(script.train_step).parameters else ()
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    z = script.noise(batch, args, "cpu")
+    return lambda amp: script.train_step(G, D, *frozen, opt_G, opt_D, x, z, amp, scaler)
+
+
+def ceiling_part(args, precisions, scripts):
+    small = dict(n=256, repeats=1), dict(batch=8, repeats=1)  # --quick: bf16 emulation is slow
+    mm, conv = small if args.quick else ({}, {})
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    rate = lambda k: (matmul_gflops(dtypes[k], **mm), conv_gflops(dtypes[k], **conv))  # noqa: E731
+    rates = {k: rate(k) for k in precisions}
+    rows, flops_per_image = [], {}
+    for name in scripts:
+        batches = [2] if args.quick else [8, 16, 32] if name == "dcgan256" else [128]
+        for batch in batches:
+            step = script_step(name, batch)
+            with FlopCounterMode(display=False) as counter:
+                step(torch.autocast("cpu", enabled=False))
+            flops_per_image[name] = counter.get_total_flops() / batch
+            for kind in precisions:
+                amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=kind == "bf16")
+                per_s = timed(lambda: step(amp), 1 if args.quick else 6, 1 if args.quick else 2)
+                gflops = round(per_s * flops_per_image[name] * batch / 1e9)
+                ceiling = rates[kind][0] if name in ("vanilla_gan", "lsgan") else max(rates[kind])
+                fraction = f"{gflops / ceiling:.0%} of {ceiling:.0f}"
+                rows.append([f"`{name}.py`", batch, kind, f"{per_s * batch:.0f}", gflops, fraction])
+                print(" | ".join(map(str, rows[-1])), flush=True)
+    note = "; ".join(f"{k} {r[0]:.0f}, {r[1]:.0f}" for k, r in rates.items())
+    note = f"Ceilings, GFLOP/s (2048^3 matrix product, dcgan64.py's main convolution): {note}"
+    header = ["script", "batch", "precision", "images/s", "GFLOP/s", "fraction of the ceiling"]
+    return header, rows, note + ".\n", {**rates, **flops_per_image}
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    machine = common.machine_info()
-    print(common.machine_line(machine), flush=True)
-    configs = [c for c in CONFIGS if c[0] in args.scripts]
-    missing = [c[0] for c in configs if not (Path(args.scripts_dir) / f"{c[0]}.py").is_file()]
-    notes = [f"Not measured (script not found): {', '.join(f'`{m}.py`' for m in missing)}.\n"] if missing else []
-    configs = [c for c in configs if c[0] not in missing]
-    if not args.quick:
-        print(f"rough duration on a 2-core CPU: {estimate_minutes(configs, args):.0f} min (much less on a GPU)",
-              flush=True)
-    results = Path(args.results)
-    results.mkdir(parents=True, exist_ok=True)
-    rows = []
+    print(common.machine_line(), flush=True)
+    precisions = ["fp32"] if args.no_amp or args.quick else ["fp32", "bf16"]
+    command = "python benchmarks/speed.py " + " ".join(argv)
+    text = [f"## Speed\n\nMachine: {common.machine_line()}.\n\nCommand: `{command}`\n"]
+    Path(args.results).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="gan-speed-") as tmp:
-        # enough images that no epoch ends (and writes a sample grid) during a measured run
-        per_run = max((b * (round(c[3][1] * args.steps_scale) + c[3][0] + 1) if not args.quick else b * 4
-                       for c in configs for b in (QUICK[c[0]] if args.quick else c[2])), default=1)
-        mnist = str(Path(args.mnist).resolve()) if args.mnist else str(  # the scripts run in --scripts-dir
-            synthetic.write_mnist(Path(tmp) / "mnist", n_per_class=-(-per_run // 10)))
-        if not args.mnist:
-            notes.append("MNIST scripts: synthetic digits (no --mnist given).\n")
-        images = None
-        if any(c[1] == "images" for c in configs):
-            folder, n_photos = image_folder(args.images, tmp, per_run)
-            images, linked = str(folder), folder == Path(tmp) / "photos"
-            source = f"the {n_photos} photos of {args.images}" if args.images else "synthetic photos"
-            notes.append(f"Photo scripts: {source}"
-                         f"{', repeated by links so that a run stays within one epoch' if linked else ''}.\n")
-        for script, kind, batches, (warmup, steps), n_gen, flags in configs:
-            if args.quick:
-                batches, warmup, steps, n_gen = QUICK[script], 1, 2, 8
-            steps = max(1, round(steps * args.steps_scale)) if not args.quick else steps
-            for batch in batches:
-                for amp in ([False] if args.no_amp or args.quick else [False, True]):
-                    t = time.perf_counter()
-                    try:
-                        r = measure(script, mnist if kind == "mnist" else images, batch, amp, warmup, steps,
-                                    n_gen, flags, args, tmp)
-                    except common.ScriptFailed as e:
-                        print(f"{script} batch {batch}{' --amp' if amp else ''} failed: {e}", flush=True)
-                        notes.append(f"`{script}.py` batch {batch}{' --amp' if amp else ''}: failed "
-                                     f"({str(e).splitlines()[-1][:200]}).\n")
-                        continue
-                    rows.append(r)
-                    print(f"{script} batch {batch} {r['precision']}: {r['train_images_per_s']:.0f} training "
-                          f"images/s, G {r['g_images_per_s']:.0f} images/s, peak RSS {r['peak_rss_mib']} MiB "
-                          f"({time.perf_counter() - t:.0f} s)", flush=True)
-    with open(results / "speed.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["script"])
-        w.writeheader()
-        w.writerows(rows)
-    write_markdown(rows, machine, args, results / "speed.md", notes)
-    print(f"wrote {results / 'speed.md'} and {results / 'speed.csv'}")
-    return 0 if rows else 1
+        if "scripts" in args.only:
+            notes = []
+            header, rows, csv_rows = scripts_part(args, tmp, notes)
+            text += ["### The five scripts\n", *notes, common.md_table(header, rows)]
+            if csv_rows:
+                common.write_csv(Path(args.results) / "speed.csv", csv_rows)
+        if {"peer", "ceiling"} & set(args.only):
+            scripts = args.scripts * ("ceiling" in args.only) + ["dcgan64"] * ("peer" in args.only)
+            header, rows, note, ceiling = ceiling_part(args, precisions, dict.fromkeys(scripts))
+            if "ceiling" in args.only:
+                text += ["### Each step against this device's ceiling\n", note]
+                text.append(common.md_table(header, rows))
+        if "peer" in args.only:
+            header, rows, note = peer_part(args, tmp, ceiling)
+            text += ["### dcgan64.py against pytorch/examples' dcgan/main.py\n", note]
+            text.append(common.md_table(header, rows))
+    (Path(args.results) / "speed.md").write_text("\n".join(text))
+    print("\n".join(text))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from helpers import bar_digits, write_photo_folder
-from synthetic import write_mnist
+from common import write_mnist
 
 torch.set_num_threads(1)  # one thread, as helpers.ONE_THREAD gives the scripts the tests start (see there)
 

@@ -120,7 +120,7 @@ def layer_shapes(net, x, kinds=nn.Module, with_types=False):
 
 def bar_digits(n=256, seed=0):
     """A tiny MNIST: (images uint8 (n, 28, 28), labels uint8 (n,)); class c is a bright bar at row 4 + 2c with some
-    noise, so the ten classes are easy to tell apart. benchmarks/synthetic.py's write_mnist writes it."""
+    noise, so the ten classes are easy to tell apart. benchmarks/common.py's write_mnist writes it."""
     g = torch.Generator().manual_seed(seed)
     labels = torch.arange(n, dtype=torch.uint8) % 10
     images = torch.randint(0, 40, (n, 28, 28), generator=g, dtype=torch.uint8)

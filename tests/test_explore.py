@@ -9,13 +9,14 @@ import csv
 import importlib
 import shutil
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
-from helpers import REPO, bar_digits
+from helpers import REPO, bar_digits, error_of, load_checkpoint
 from common import write_mnist
 
 sys.path.insert(0, str(REPO / "tools"))
@@ -213,6 +214,11 @@ def test_a_dcgan256_sheet(photo_folder, tmp_path, capsys):
     (["--nearest", "3"], "--nearest needs --data"),
     (["--sheet", "0"], "--sheet must be positive, got 0"),
     ([], "nothing to do: give at least one of --interpolate, --sheet, --arithmetic, --nearest"),
+    (["--sheet", "4", "--arithmetic", ""], "--arithmetic '': expected \"A - B + C\""),  # first
+    (["--sheet", "1001"], "--sheet 1001: at most 1000"),      # not hours of work, nor all memory
+    (["--interpolate", "101"], "--interpolate 101: at most 100"),
+    (["--nearest", "101", "--data", "mnist"], "--nearest 101: at most 100"),
+    (["--sheet", "4", "--seed", str(2**62)], f"--seed must be in [0, 2**62), got {2**62}"),
     (["--sheet", "4", "--device", "abacus"], "unknown device 'abacus'"),  # the script's own check, our prefix
 ])
 def test_bad_input_is_one_clear_line(trained, tmp_path, flags, expected):
@@ -226,14 +232,53 @@ def test_bad_input_is_one_clear_line(trained, tmp_path, flags, expected):
     assert expected.format(nowhere=tmp_path / "nowhere", run=mnist_run) in message
 
 
-def test_a_checkpoint_naming_a_script_outside_the_repository_is_refused(tmp_path, capsys):
-    torch.save({"script": "../../etc/passwd", "args": {}, "G": {}}, tmp_path / "checkpoint.pt")
-    with pytest.raises(SystemExit) as stop:
-        explore.main([str(tmp_path), "--sheet", "4"])
-    assert stop.value.code == (f"explore.py: error: {tmp_path / 'checkpoint.pt'} names the script "
-                               f"../../etc/passwd.py, which is not in {REPO}")
-    assert capsys.readouterr().out == ""
-    torch.save({"script": "dcgan64"}, tmp_path / "checkpoint.pt")  # no args, no weights
-    with pytest.raises(SystemExit) as stop:
-        explore.main([str(tmp_path), "--sheet", "4"])
-    assert stop.value.code.endswith("it is damaged or not a checkpoint of the scripts (KeyError)")
+def run_copy(trained, folder, change=dict):
+    """folder/run holding the checkpoint.pt of the dcgan_mnist run, changed by change(its dict)."""
+    (folder / "run").mkdir()
+    torch.save(change(load_checkpoint(trained("dcgan_mnist")[0])), folder / "run" / "checkpoint.pt")
+    return folder / "run"
+
+
+OTHER_CHECKPOINTS = {  # what checkpoint.pt may hold -> explore.py's line (None: it works)
+    "a bare tensor": (lambda c: torch.zeros(3), "not a checkpoint of the scripts (KeyError)"),
+    "args not a dict": (lambda c: {**c, "args": [96]}, "not a checkpoint of the scripts (TypeErr"),
+    "another script's G": (lambda c: {**c, "script": "vanilla_gan"},
+                           "does not fit vanilla_gan.py's Generator with the run's flags "
+                           "(z_dim=96, hidden=(1024, 1024), act=relu): damaged, or another"),
+    "z_dim -3": (lambda c: {**c, "args": {"z_dim": -3}}, "Generator with the run's flags (z_dim=-"),
+    "no G": (lambda c: {**c, "G": None}, "(z_dim=96): damaged, or another script's (TypeError)"),
+    "no flags": (lambda c: {**c, "args": {}}, None),        # from before the flags: their defaults
+}
+
+
+@pytest.mark.parametrize("kind", OTHER_CHECKPOINTS)
+def test_a_checkpoint_of_other_contents_is_one_line(trained, tmp_path, capsys, kind):
+    change, expected = OTHER_CHECKPOINTS[kind]
+    run = run_copy(trained, tmp_path, change)
+    saved = (run / "checkpoint.pt").read_bytes()
+    if expected is None:
+        explore_main(run, "--sheet", 2)
+        assert (run / "explore" / "sheet.png").is_file()
+    else:
+        assert expected in error_of("explore", run, "--sheet", 2, "--device", "cpu")
+    assert (run / "checkpoint.pt").read_bytes() == saved and not capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where, make, expected", [  # a path in the run folder, what is put there
+    pytest.param("explore", lambda p: p.write_text("notes"), "explore: File exists", id="a file"),
+    pytest.param("explore/sheet.png", Path.mkdir, "sheet.png: Is a directory", id="a folder"),
+    pytest.param("explore/sheet_z.pt", lambda p: p.write_bytes(b"zz"),
+                 "sheet_z.pt, which is damaged", id="garbage z"),
+    pytest.param("explore/sheet_z.pt", lambda p: torch.save(torch.zeros(96), p),
+                 "sheet_z.pt, which is damaged (IndexError)", id="1-D z"),
+    pytest.param("explore/sheet_z.pt", lambda p: torch.save(torch.zeros(0, 96), p),
+                 "holds z of shape (0, 96), not (N, 96)", id="no z"),
+    pytest.param("a" * 300, lambda p: None, "File name too long", id="a run folder's long name"),
+])
+def test_files_the_os_or_torch_refuse_are_one_line(trained, tmp_path, where, make, expected):
+    run = run_copy(trained, tmp_path)
+    (run / where).parent.mkdir(exist_ok=True)
+    make(run / where)
+    mode = ["--arithmetic", "0 - 1 + 2"] if where.endswith(".pt") else ["--sheet", "2"]
+    assert expected in error_of("explore", run / where if len(where) > 255 else run, *mode,
+                                "--device", "cpu")

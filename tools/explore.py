@@ -45,6 +45,7 @@ GAP = 2                                                     # white pixels betwe
 LABEL = 13                                                  # pixels above each row of a picture, for its labels
 STREAMS = {"context": 0, "samples": 1, "walks": 2, "perturb": 3}  # one random stream per use, see Run.noise
 FLAG_OF = {"hidden": "g_hidden", "act": "g_act"}            # Generator argument -> its flag, where the names differ
+MOST = {"interpolate": 100, "sheet": 1000, "nearest": 100}  # at most 1000 images in a picture
 
 
 def fail(message):
@@ -64,24 +65,32 @@ class Run:
             fail(f"no checkpoint at {path} (give the run folder of one of the scripts, e.g. runs/dcgan_mnist)")
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)  # moved to the device by G
-            script, args, weights = ckpt["script"], ckpt["args"], ckpt["G"]
+            ckpt = ckpt if isinstance(ckpt, dict) else {}      # a tensor, a number: no "script"
+            script, weights = ckpt["script"], ckpt["G"]
+            self.args = argparse.Namespace(**ckpt["args"])
         except Exception as e:
             fail(f"cannot read {path}: it is damaged or not a checkpoint of the scripts ({type(e).__name__})")
         if not (isinstance(script, str) and script.isidentifier() and (REPO / f"{script}.py").is_file()):
             fail(f"{path} names the script {script}.py, which is not in {REPO}")
         self.module = importlib.import_module(script)          # as benchmarks/ import them: `import dcgan64`
-        self.args = argparse.Namespace(**args)
         if hasattr(self.module, "pick_device"):                 # dcgan64, dcgan256
             self.device = self.module.pick_device(device)
         else:                                                   # MNIST: setup() resolves --device and --amp
             self.device = self.module.setup(argparse.Namespace(device=device, amp=None))[0]
         # The script's Generator, built with the flags of the run: Generator(z_dim, hidden, act) of the MLP
         # scripts gets --z-dim, --g-hidden, --g-act; Generator(z_dim, ngf, channels, act) of the photo scripts
-        # --z-dim, --ngf, --channels, --g-act. A flag older than the checkpoint leaves its argument's default.
+        # --z-dim, --ngf, --channels, --g-act. A flag newer than the run: its default.
         params = inspect.signature(self.module.Generator).parameters.items()
-        self.G = self.module.Generator(**{name: getattr(self.args, FLAG_OF.get(name, name), p.default)
-                                          for name, p in params}).to(self.device)
-        self.G.load_state_dict(weights)
+        flag = {name: FLAG_OF.get(name, name) for name, _ in params}
+        kwargs = {name: getattr(self.args, flag[name], p.default) for name, p in params}
+        vars(self.args).update({flag[name]: v for name, v in kwargs.items()})  # for noise()
+        try:
+            self.G = self.module.Generator(**kwargs).to(self.device)
+            self.G.load_state_dict(weights)
+        except Exception as e:                                  # other widths, or no weights
+            flags = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+            fail(f"the G in {path} does not fit {script}.py's Generator with the run's flags "
+                 f"({flags}): damaged, or another script's ({type(e).__name__})")
         self.z_dim, self.seed = self.args.z_dim, seed
         self.photos = hasattr(self.module, "find_images")   # dcgan64, dcgan256 (else MNIST)
         self.z_shape = self.module.noise(1, self.args, torch.device("cpu")).shape[1:]  # (z_dim,) or (z_dim, 1, 1)
@@ -143,9 +152,12 @@ class Run:
         path = self.out / name
         if not path.is_file():
             fail(f"no {path}: {remedy}")
-        z = torch.load(path, weights_only=True).flatten(1)  # (n, z_dim)
-        if z.shape[1] != self.z_dim:
-            fail(f"{path} holds z of size {z.shape[1]}, but this G takes {self.z_dim}: {remedy}")
+        try:
+            z = torch.load(path, weights_only=True).float().flatten(1)  # (n, z_dim)
+        except Exception as e:
+            fail(f"cannot read {path}, which is damaged ({type(e).__name__}): {remedy}")
+        if not len(z) or z.shape[1] != self.z_dim:
+            fail(f"{path} holds z of shape {tuple(z.shape)}, not (N, {self.z_dim}): {remedy}")
         return z
 
 
@@ -379,9 +391,15 @@ def parse_args(argv=None):
         value = getattr(args, flag)
         if value is not None and value <= 0:
             fail(f"--{flag} must be positive, got {value}")
+        if value is not None and value > MOST.get(flag, value):
+            fail(f"--{flag} {value}: at most {MOST[flag]}")
     if args.workers < 0:
         fail(f"--workers must be 0 or more, got {args.workers}")
-    if not (args.interpolate or args.sheet or args.arithmetic or args.nearest):
+    if not 0 <= args.seed < 2**62:
+        fail(f"--seed must be in [0, 2**62), got {args.seed}")
+    if args.arithmetic is not None:                                 # its form; its indices later
+        parse_arithmetic(args.arithmetic, math.inf)
+    if not (args.interpolate or args.sheet or args.arithmetic is not None or args.nearest):
         fail("nothing to do: give at least one of --interpolate, --sheet, --arithmetic, --nearest (see --help)")
     if args.nearest and not args.data:
         fail("--nearest needs --data, the training images of the run (the folder given to the script)")
@@ -397,7 +415,7 @@ def main(argv=None):
                 interpolate(run, args.interpolate)
             if args.sheet:                                          # before --arithmetic, which reads it
                 sheet(run, args.sheet)
-            if args.arithmetic:
+            if args.arithmetic is not None:
                 arithmetic(run, args.arithmetic)
             if args.nearest:
                 nearest(run, args.nearest, args.data, args.chunk, args.workers)
@@ -405,6 +423,8 @@ def main(argv=None):
         if isinstance(e.code, str) and not e.code.startswith("explore.py"):
             fail(e.code.split(": error: ", 1)[-1])
         raise
+    except OSError as e:                                            # RUN/explore a file...
+        fail(f"{e.filename}: {e.strerror}" if e.filename else str(e))
 
 
 if __name__ == "__main__":

@@ -1,28 +1,29 @@
 """DCGAN-style GAN on MNIST: convolutional networks for 28x28 digits.
 
-Papers: Radford et al. 2015, "Unsupervised Representation Learning with Deep Convolutional Generative
-Adversarial Networks" (DCGAN), arXiv:1511.06434; the generator is InfoGAN's MNIST generator (Chen et al. 2016,
-arXiv:1606.03657, appendix C.1); the game and its losses are Goodfellow et al. 2014, arXiv:1406.2661.
-Networks: the "DCGAN" discriminator and generator of the Stanford CS231n GAN notebook.
+Papers: Radford et al. 2015, "Unsupervised Representation Learning with Deep Convolutional
+Generative Adversarial Networks" (DCGAN), arXiv:1511.06434; the generator is InfoGAN's MNIST
+generator (Chen et al. 2016, arXiv:1606.03657, appendix C.1); the game and its losses are
+Goodfellow et al. 2014, arXiv:1406.2661. Networks: the CS231n GAN notebook's "DCGAN" networks.
 
-    python dcgan_mnist.py                                   # MNIST is downloaded into --data if missing
-    python dcgan_mnist.py --resume --epochs 40              # continue the run in --out
-    python dcgan_mnist.py --generate 1000                   # write images from --out/checkpoint.pt
-Run folder (--out): real.png, samples/ (a grid of the same fixed noise each epoch), log.csv (a row a step),
-checkpoint.pt (resumes bit for bit on CPU) and checkpoints/ (the last 3 epochs', for --resume PATH), generated/.
+    python dcgan_mnist.py                       # MNIST is downloaded into --data if missing
+    python dcgan_mnist.py --resume --epochs 40  # go on with the run in --out (README: Resuming)
+    python dcgan_mnist.py --generate 1000       # write images from --out/checkpoint.pt
 
 Implementation details, each tied to a paper:
- 1. The game of Goodfellow et al. (eq. 1, Algorithm 1 with k = 1) with the non-saturating G loss (section 3).
-    D outputs a logit and BCEWithLogitsLoss fuses sigmoid and binary cross-entropy: the same objective, stable.
- 2. Ideas taken from DCGAN (Radford et al., section 3): convolutions instead of fully connected image layers,
-    fractionally-strided (transposed) convolutions to upsample in G, BatchNorm in G but not on its output,
-    ReLU in G with a Tanh output, LeakyReLU in D, Adam with beta1 0.5.
- 3. D is the CS231n notebook's classifier-like CNN (5x5 convolutions and max-pooling; DCGAN itself uses
-    strided convolutions). G is InfoGAN's MNIST generator as the notebook lists it, BatchNorm after each ReLU
-    (as InfoGAN's table writes it; InfoGAN's code applies batch norm before the ReLU), and we keep that order.
+ 1. Goodfellow et al.'s game (eq. 1, Algorithm 1 with k = 1), G maximising log D(G(z)) (section
+    3). D outputs a logit; BCEWithLogitsLoss fuses sigmoid and cross-entropy: the same objective.
+ 2. From DCGAN (section 3): convolutions instead of fully connected image layers, transposed
+    convolutions to upsample in G, BatchNorm in G but not on its output, ReLU in G with a Tanh
+    output, LeakyReLU in D, Adam with beta1 0.5.
+ 3. D is the CS231n notebook's classifier-like CNN (5x5 convolutions and max-pooling; DCGAN uses
+    strided convolutions). G is InfoGAN's generator as the notebook lists it, BatchNorm after each
+    ReLU as InfoGAN's table writes it (InfoGAN's code puts BatchNorm before the ReLU).
  4. Real pixels are scaled to [-1, 1] to match G's Tanh output.
- 5. Adam lr 1e-3, beta1 0.5, batch 128 as in the CS231n notebook (DCGAN's paper: lr 2e-4 for its larger nets).
+ 5. Adam lr 1e-3, beta1 0.5, batch 128 as in the CS231n notebook. Departure: the DCGAN paper found
+    "the suggested learning rate of 0.001, to be too high, using 0.0002 instead" (section 4); for
+    these small networks on digits the notebook's 1e-3 learns well (README, Results).
 """
+
 import argparse, contextlib, math, os, shutil, signal, time  # noqa: E401 (the standard library)
 from pathlib import Path
 
@@ -38,188 +39,219 @@ from torch import nn
 from torchvision.utils import save_image
 
 SCRIPT = Path(__file__).stem
-D_WINS_STEPS, D_WINS_BELOW = 300, 0.05  # warn when D(G(z)) averaged below this over so many steps: G learns little
-KEEP_EPOCHS = 3         # epoch checkpoints kept in checkpoints/ beside checkpoint.pt
-PARTS = ("G", "D", "opt_G", "opt_D", "scaler")  # the checkpoint's names for what train() keeps state in
-RUN_PARTS = ("checkpoint.pt", "checkpoints", "log.csv", "samples", "real.png")  # any of them: a run's folder
+D_WINS_STEPS, D_WINS_BELOW = 300, 0.05  # warn when D(G(z)) averages below this so many steps
+KEEP_EPOCHS = 3  # epoch checkpoints kept in checkpoints/
+PARTS = ("G", "D", "opt_G", "opt_D", "scaler")  # the checkpoint's names for train()'s state
+RUN_PARTS = ("checkpoint.pt", "checkpoints", "log.csv", "samples", "real.png")  # a run's folder
 CHANGEABLE = ("epochs", "lr", "data")  # the flags a resume may change (README)
-THIS_COMMAND = ("out", "resume", "generate", "max_steps", "device", "log_every", "given")  # not the run's
+THIS_COMMAND = ("out", "resume", "generate", "max_steps", "device", "log_every", "given")
 
 
-# ---- Networks: the CS231n notebook's "DCGAN" networks. B is the batch size -------------------------------
+# ---- Networks: the CS231n notebook's "DCGAN" networks. B: the batch size -----------------------
 class Generator(nn.Sequential):
-    """z -> image: InfoGAN's MNIST generator (appendix C.1), as the CS231n notebook lists it (detail 3)."""
+    """z -> image: InfoGAN's MNIST generator (appendix C.1), as the CS231n notebook lists it."""
 
     def __init__(self, z_dim=96):
-        super().__init__(                                       # input z: (B, z_dim)
-            nn.Linear(z_dim, 1024), nn.ReLU(), nn.BatchNorm1d(1024),  # (B, 1024)
-            nn.Linear(1024, 7 * 7 * 128), nn.ReLU(), nn.BatchNorm1d(7 * 7 * 128),  # (B, 6272)
-            nn.Unflatten(1, (128, 7, 7)),                       # (B, 128, 7, 7)
-            # 4x4 kernels, stride 2, padding 1: TensorFlow's 'same' padding, each one doubles the size.
-            nn.ConvTranspose2d(128, 64, 4, 2, 1), nn.ReLU(), nn.BatchNorm2d(64),  # (B, 64, 14, 14)
-            nn.ConvTranspose2d(64, 1, 4, 2, 1),                 # (B, 1, 28, 28)
-            nn.Tanh(),                                          # (B, 1, 28, 28), pixels in [-1, 1] (detail 4)
+        super().__init__(  # input z: (B, z_dim)
+            nn.Linear(z_dim, 1024),  # (B, 1024)
+            nn.ReLU(),
+            nn.BatchNorm1d(1024),  # after the ReLU: detail 3
+            nn.Linear(1024, 7 * 7 * 128),  # (B, 6272)
+            nn.ReLU(),
+            nn.BatchNorm1d(7 * 7 * 128),
+            nn.Unflatten(1, (128, 7, 7)),  # (B, 128, 7, 7)
+            # 4x4 kernels, stride 2, padding 1 (TensorFlow's 'same'): each doubles the size.
+            nn.ConvTranspose2d(128, 64, 4, 2, 1),  # (B, 64, 14, 14)
+            nn.ReLU(),
+            nn.BatchNorm2d(64),
+            nn.ConvTranspose2d(64, 1, 4, 2, 1),  # (B, 1, 28, 28)
+            nn.Tanh(),  # (B, 1, 28, 28), pixels in [-1, 1] (detail 4)
         )
 
 
 class Discriminator(nn.Sequential):
-    """image -> logit: the CS231n notebook's convolutional discriminator. The notebook ends with a fully connected
-    layer of size 1; its output is a logit, the sigmoid is inside BCEWithLogitsLoss (detail 1)."""
+    """image -> logit: the CS231n notebook's convolutional discriminator. Its last layer, fully
+    connected to size 1, gives a logit: the sigmoid is inside BCEWithLogitsLoss (detail 1)."""
 
     def __init__(self):
-        super().__init__(                                       # input x: (B, 1, 28, 28)
-            nn.Conv2d(1, 32, 5), nn.LeakyReLU(0.01),            # (B, 32, 24, 24): 5x5, stride 1, no padding
-            nn.MaxPool2d(2, 2),                                 # (B, 32, 12, 12)
-            nn.Conv2d(32, 64, 5), nn.LeakyReLU(0.01),           # (B, 64, 8, 8)
-            nn.MaxPool2d(2, 2),                                 # (B, 64, 4, 4)
-            nn.Flatten(),                                       # (B, 1024)
-            nn.Linear(4 * 4 * 64, 4 * 4 * 64), nn.LeakyReLU(0.01),  # (B, 1024)
-            nn.Linear(4 * 4 * 64, 1),                           # (B, 1): the logit of D(x)
-            nn.Flatten(0),                                      # (B,)
+        super().__init__(  # input x: (B, 1, 28, 28)
+            nn.Conv2d(1, 32, 5),  # (B, 32, 24, 24): 5x5, stride 1, no padding
+            nn.LeakyReLU(0.01),
+            nn.MaxPool2d(2, 2),  # (B, 32, 12, 12)
+            nn.Conv2d(32, 64, 5),  # (B, 64, 8, 8)
+            nn.LeakyReLU(0.01),
+            nn.MaxPool2d(2, 2),  # (B, 64, 4, 4)
+            nn.Flatten(),  # (B, 1024)
+            nn.Linear(4 * 4 * 64, 4 * 4 * 64),  # (B, 1024)
+            nn.LeakyReLU(0.01),
+            nn.Linear(4 * 4 * 64, 1),  # (B, 1): the logit of D(x)
+            nn.Flatten(0),  # (B,)
         )
 
 
 def noise(n, args, device, rng=None):
-    """n samples of z ~ N(0, I), the prior p_z of Goodfellow et al.'s game: (n, z_dim). Drawn on the CPU (rng: a CPU
-    generator), so a seed gives the same z on every device; on CUDA into pinned memory, copied asynchronously."""
+    """n samples of z ~ N(0, I), the prior p_z: (n, z_dim). Departure: the CS231n notebook draws z
+    uniform in [-1, 1], as DCGAN's paper does; N(0, I) is the PyTorch DCGAN tutorial's. Drawn on the
+    CPU (rng: a CPU generator), so a seed gives the same z on every device."""
     z = torch.randn(n, args.z_dim, generator=rng, pin_memory=device.type == "cuda")
     return z.to(device, non_blocking=device.type == "cuda")
 
 
 def build(args, device):
-    """G, D and their Adam optimizers (detail 5), fused (one kernel for all parameters) on every device."""
-    # Channels-last (N, H, W, C): faster convolutions and pooling in oneDNN (CPU, ~20% a step) and recent cuDNN;
-    # not on MPS, where it has corrupted BatchNorm gradients (pytorch issue 175189).
+    """G, D and their Adam optimizers (detail 5), fused (one kernel for all parameters). Channels-
+    last: faster convolutions in oneDNN (CPU, ~20% a step) and cuDNN; not on MPS, where it has
+    corrupted BatchNorm gradients (pytorch issue 175189)."""
     layout = torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
-    G, D = Generator(args.z_dim).to(device, memory_format=layout), Discriminator().to(device, memory_format=layout)
-    return G, D, *(torch.optim.Adam(m.parameters(), lr=args.lr, betas=(args.beta1, 0.999), fused=True) for m in (G, D))
+    G, D = (
+        net.to(device, memory_format=layout) for net in (Generator(args.z_dim), Discriminator())
+    )
+    betas = (args.beta1, 0.999)
+    return G, D, *(torch.optim.Adam(m.parameters(), args.lr, betas, fused=True) for m in (G, D))
 
 
-# ---- Losses and one iteration of Algorithm 1 (Goodfellow et al.) -----------------------------------------
+# ---- Losses and one iteration of Algorithm 1 -----------------------------------------------------
 def train_step(G, D, opt_G, opt_D, x, z, amp, scaler):
-    """One iteration of Algorithm 1 with k = 1: a D step, then a G step, on real x (B, 1, 28, 28) and noise z.
-    amp: the autocast context. scaler: float16's gradient scaler for both optimizers (a no-op when disabled).
-    Returns a (4,) tensor: loss of D, loss of G, D(x) and D(G(z)) as mean probabilities (no host sync)."""
+    """One iteration of Algorithm 1 with k = 1 on real x (B, 1, 28, 28) and noise z. amp: the
+    autocast context; scaler: float16's gradient scaler (a no-op when disabled). Returns (4,): loss
+    of D, loss of G, D(x) and D(G(z)) as mean probabilities, on the device (no host sync)."""
     B = len(x)
+    ones, zeros = torch.ones(B, device=x.device), torch.zeros(B, device=x.device)  # the targets
+
+    # (1) Update D: maximise log D(x) + log(1 - D(G(z))) (eq. 1, ascending its gradient), i.e.
+    # minimise BCE(D(x), 1) + BCE(D(G(z)), 0). Real and fake go through D as one batch: D has no
+    # BatchNorm, so this is two passes in one. fake.detach(): G is not updated here.
     with amp:
-        fake = G(z)                                             # (B, 1, 28, 28), used by both steps
-        # -- D step (Algorithm 1, ascend the gradient of eq. 1): maximise log D(x) + log(1 - D(G(z))), i.e.
-        # minimise BCE(D(x), 1) + BCE(D(G(z)), 0). Real and fake go through D as one batch: D has no
-        # BatchNorm, so this equals two separate passes and is faster. fake.detach(): G is not updated here.
-        logits = D(torch.cat([x, fake.detach()])).float()       # (2B,) logits: B real, then B fake
-        real_logits, fake_logits = logits[:B], logits[B:]       # (B,), (B,)
-        loss_d = (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))     # target "real"
-                  + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))  # "fake"
+        fake = G(z)  # (B, 1, 28, 28), used by both steps
+        logits = D(torch.cat([x, fake.detach()])).float()  # (2B,): B real, then B fake
+        real_logits, fake_logits = logits[:B], logits[B:]  # (B,), (B,)
+        loss_d = F.binary_cross_entropy_with_logits(real_logits, ones)  # target "real"
+        loss_d = loss_d + F.binary_cross_entropy_with_logits(fake_logits, zeros)  # "fake"
     opt_D.zero_grad(set_to_none=True)
     scaler.scale(loss_d).backward()
     scaler.step(opt_D)
 
-    # -- G step (Goodfellow et al. section 3, non-saturating): maximise log D(G(z)), i.e. minimise BCE(D(G(z)), 1),
-    # instead of minimising log(1 - D(G(z))). The fake batch is reused; D is frozen so no D weight gradient is computed.
+    # (2) Update G: maximise log D(G(z)) (section 3), i.e. minimise BCE(D(G(z)), 1). Departure:
+    # Algorithm 1 draws a fresh minibatch of z here; we reuse the D step's fakes, as the PyTorch
+    # DCGAN tutorial does. D is frozen: no gradient for its weights.
     D.requires_grad_(False)
     with amp:
-        gen_logits = D(fake).float()                            # (B,) logits of the updated D
-        loss_g = F.binary_cross_entropy_with_logits(gen_logits, torch.ones_like(gen_logits))
+        gen_logits = D(fake).float()  # (B,) logits of the updated D
+        loss_g = F.binary_cross_entropy_with_logits(gen_logits, ones)
     opt_G.zero_grad(set_to_none=True)
     scaler.scale(loss_g).backward()
     scaler.step(opt_G)
-    scaler.update()                                             # once an iteration, for both optimizers
+    scaler.update()  # once an iteration, for both optimizers
     D.requires_grad_(True)
 
-    d_x = torch.sigmoid(real_logits.detach()).mean()            # D(x), a probability
-    d_g_z = torch.sigmoid(fake_logits.detach()).mean()          # D(G(z)), a probability
+    d_x = torch.sigmoid(real_logits.detach()).mean()  # D(x), a probability
+    d_g_z = torch.sigmoid(fake_logits.detach()).mean()  # D(G(z)), a probability
     return torch.stack([loss_d.detach(), loss_g.detach(), d_x, d_g_z])
 
 
-# ---- The training loop -----------------------------------------------------------------------------------
+# ---- The training loop ---------------------------------------------------------------------------
 def train(args):
-    (device, dtype), out = setup(args), Path(args.out)          # dtype: --amp's autocast dtype, None for float32
-    ckpt = open_run(args, device)                               # None for a new run
+    (device, dtype), out = setup(args), Path(args.out)  # dtype: --amp's, None for float32
+    ckpt = open_run(args, device)  # None for a new run
     amp = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # float16's, for both optimizers
-    try:                                                        # MNIST's training images, downloaded if missing
-        data = torchvision.datasets.MNIST(args.data, train=True, download=True).data.to(device)  # (N, 28, 28) uint8
-    except Exception as e:                                      # no network, a firewall, damaged files...
-        cause = (str(e).splitlines() or [""])[-1][:60]          # torchvision's last line says why (may be empty)
-        fail(f"no readable MNIST in {Path(args.data) / 'MNIST' / 'raw'} and no download ({cause}); put the unzipped "
-             "train-images-idx3-ubyte and train-labels-idx1-ubyte from the MNIST site there")
-    B, per_epoch = args.batch_size, len(data) // args.batch_size  # an epoch's last partial batch is left out
-    if per_epoch == 0 or getattr(args, "images", len(data)) != len(data):  # a resume: the run's count
-        fail(f"{args.data} holds {len(data)} images, " + (f"not the run's {args.images}" if per_epoch else
-                                                          f"fewer than one batch of {B}"))
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # float16's
+    try:  # MNIST's training images, (N, 28, 28) uint8, downloaded if missing
+        data = torchvision.datasets.MNIST(args.data, train=True, download=True).data.to(device)
+    except Exception as e:  # no network, a firewall, damaged files...
+        cause = (str(e).splitlines() or [""])[-1][:60]  # torchvision's last line says why
+        root = Path(args.data) / "MNIST" / "raw"
+        files = "train-images-idx3-ubyte and train-labels-idx1-ubyte"
+        fail(
+            f"no readable MNIST in {root} and no download ({cause}); put the unzipped {files} there"
+        )
+    B, per_epoch = args.batch_size, len(data) // args.batch_size  # the last partial batch: left out
+    if per_epoch == 0 or getattr(args, "images", len(data)) != len(data):  # resumed: the run's
+        fail(
+            f"{args.data} holds {len(data)} images, "
+            + (f"not the run's {args.images}" if per_epoch else f"fewer than one batch of {B}")
+        )
     args.images = len(data)
-    torch.manual_seed(args.seed)                                # initial weights
+    torch.manual_seed(args.seed)  # initial weights
     G, D, opt_G, opt_D = nets = build(args, device)
-    fixed_z = noise(64, args, device, torch.Generator().manual_seed(args.seed))  # the grids' z, every epoch
-    step = epoch = batch = 0                                    # steps, whole epochs, batches of this epoch done
+    fixed_z = noise(64, args, device, torch.Generator().manual_seed(args.seed))  # the grids' z
+    step = epoch = batch = 0  # steps, whole epochs, batches of this epoch done
     if ckpt:
         restore(zip((*nets, scaler), PARTS), ckpt)
         for group in opt_G.param_groups + opt_D.param_groups:
-            group["lr"] = args.lr                               # a resumed run may change the learning rate
+            group["lr"] = args.lr  # a resumed run may change the learning rate
         fixed_z, step, epoch, batch = ckpt["fixed_z"], ckpt["step"], ckpt["epoch"], ckpt["batch"]
     last_step = min(args.max_steps or math.inf, args.epochs * per_epoch)
     if last_step <= step:
-        fail(f"the run in {out} is already at step {step} (epoch {epoch}); raise --epochs or --max-steps")
+        fail(f"the run in {out} is already at step {step} (epoch {epoch}); raise --epochs")
     for folder in ("checkpoints", "samples"):
         (out / folder).mkdir(exist_ok=True)
     log = RunLog(out, args, step, last_step, ckpt)
-    save_image(data[:64].unsqueeze(1) / 255, out / "real.png", nrow=8)  # (64, 1, 28, 28) in [0, 1]
+    save_image(data[:64].unsqueeze(1) / 255, out / "real.png", nrow=8)  # (64, 1, 28, 28)
 
-    # Ctrl-C and SIGTERM (also to the whole process group) ask the run to stop: it finishes the step, saves, exits 0.
-    asked = []                                                  # the signals received
-    handlers = {s: signal.signal(s, lambda signum, _: asked.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    # Ctrl-C and SIGTERM (also to the process group) ask for a stop: after the step, saved, exit 0.
+    asked = []  # the signals received
+    stop = lambda signum, frame: asked.append(signum)
+    handlers = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     while step < last_step and not asked:
-        # This epoch's order of the digits, and below each step's z: drawn on the CPU from generators seeded
-        # by the pair (--seed, epoch) and the triple (--seed, 0, step) alone, so a resume needs no random state.
-        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(hash((args.seed, epoch))))
-        order = order.to(device)
-        for batch in range(batch, per_epoch):                   # the rest of this epoch
-            x = data[order[batch * B:(batch + 1) * B]].unsqueeze(1)  # (B, 1, 28, 28) uint8 in [0, 255]
-            x = x.float().div_(127.5).sub_(1.0)                 # real images in [-1, 1] (detail 4)
-            z = noise(B, args, device, torch.Generator().manual_seed(hash((args.seed, 0, step))))  # (B, z_dim)
+        # This epoch's order and each step's z come from CPU generators seeded by the pair
+        # (--seed, epoch) and the triple (--seed, 0, step) alone: a resume needs no random state.
+        rng = torch.Generator().manual_seed(hash((args.seed, epoch)))
+        order = torch.randperm(len(data), generator=rng).to(device)
+        for batch in range(batch, per_epoch):  # the rest of this epoch
+            x = data[order[batch * B : (batch + 1) * B]].unsqueeze(1)  # (B, 1, 28, 28) uint8
+            x = x.float().div_(127.5).sub_(1.0)  # real images in [-1, 1] (detail 4)
+            z = noise(B, args, device, torch.Generator().manual_seed(hash((args.seed, 0, step))))
             stats = train_step(G, D, opt_G, opt_D, x, z, amp, scaler)  # (4,), on the device
             step += 1
             log.record(step, epoch + 1, stats)
             if asked or step == last_step:
                 break
         epoch, batch = (epoch + 1, 0) if batch + 1 == per_epoch else (epoch, batch + 1)
-        # checkpoint.pt atomically (a .tmp file, then renamed), with the log's length to cut it to on resume
-        log.flush()                                             # and NaN checked: no NaN reaches a checkpoint
+        # checkpoint.pt atomically (.tmp, then renamed), with the log's length to cut it back to
+        log.flush()  # and NaN checked: no NaN reaches a checkpoint
+        state = {k: m.state_dict() for k, m in zip(PARTS, (*nets, scaler))}
+        state.update(script=SCRIPT, args=vars(args), fixed_z=fixed_z, step=step, epoch=epoch)
+        state.update(batch=batch, log_bytes=log.file.tell(), time=time.perf_counter() - log.t0)
         try:
-            torch.save({"script": SCRIPT, "args": vars(args), "step": step, "epoch": epoch, "batch": batch,
-                        **{k: m.state_dict() for k, m in zip(PARTS, (*nets, scaler))}, "fixed_z": fixed_z,
-                        "time": time.perf_counter() - log.t0, "log_bytes": log.file.tell()}, out / "checkpoint.tmp")
-        except RuntimeError as e:                               # torch.save's error when the disk is full
+            torch.save(state, out / "checkpoint.tmp")
+        except RuntimeError as e:  # torch.save's error when the disk is full
             (out / "checkpoint.tmp").unlink(missing_ok=True)
-            fail(f"cannot write a checkpoint in {out} ({str(e)[:60]}: a full disk?); the last one is kept")
+            fail(
+                f"cannot write a checkpoint in {out} ({str(e)[:50]}: disk full?); the last is kept"
+            )
         os.replace(out / "checkpoint.tmp", out / "checkpoint.pt")
-        if batch == 0:                                          # an epoch's end: keep the last KEEP_EPOCHS epochs'
+        if batch == 0:  # an epoch's end: keep the last KEEP_EPOCHS epochs'
             shutil.copyfile(out / "checkpoint.pt", out / "checkpoints" / f"epoch_{epoch:04d}.pt")
             for path in (out / "checkpoints").glob("epoch_[0-9][0-9][0-9][0-9].pt"):
-                if not epoch - KEEP_EPOCHS < int(path.stem[6:]) <= epoch:  # later ones too: from before a roll-back
+                if not epoch - KEEP_EPOCHS < int(path.stem[6:]) <= epoch:  # later: rolled back
                     path.unlink()
-        grid = (sample(G, fixed_z).float() + 1) / 2             # (64, 1, 28, 28) in [0, 1]
+        grid = (sample(G, fixed_z).float() + 1) / 2  # (64, 1, 28, 28) in [0, 1]
         save_image(grid, out / "samples" / f"epoch_{epoch + (batch > 0):04d}.png", nrow=8)
     for s, handler in handlers.items():
-        signal.signal(s, handler)                               # back as they were
+        signal.signal(s, handler)  # back as they were
     log.file.close()
     n, seconds = step - log.first_step, time.perf_counter() - log.t_first
-    print(f"trained {n} steps in {seconds:.1f} s ({n * B / seconds:.0f} images/s); run folder {out}")
+    print(
+        f"trained {n} steps in {seconds:.1f} s ({n * B / seconds:.0f} images/s); run folder {out}"
+    )
 
 
-# ---- Plumbing: devices, errors, the run folder (checkpoint, log), generating, flags ----------------------
+# ---- Plumbing: devices, errors, the run folder (checkpoint, log), generating, flags --------------
 def setup(args):
-    """The device (auto: cuda, then mps, then cpu; cuda:N is made current at once) and --amp's autocast dtype, said
-    in one line (None: float32): bfloat16, or float16 with a gradient scaler on GPUs before compute capability 8."""
-    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
+    """The device (auto: cuda, mps, cpu) and --amp's autocast dtype (None: float32), said in one
+    line: float16 with a gradient scaler on GPUs before compute capability 8, else bfloat16, but on
+    a CPU only where a timed step is faster (step_seconds)."""
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    available["cpu"] = True
     try:
-        device = torch.device(next(d for d, ok in available.items() if ok) if args.device == "auto" else args.device)
+        auto = next(d for d, ok in available.items() if ok)
+        device = torch.device(auto if args.device == "auto" else args.device)
     except RuntimeError:
         fail(f"unknown device {args.device!r} (use auto, cpu, cuda, cuda:N or mps)")
-    if not available.get(device.type) or device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+    too_high = device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count()
+    if not available.get(device.type) or too_high:
         fail(f"--device {args.device}: not available on this machine (try --device cpu)")
     if device.type == "cuda":
-        torch.cuda.set_device(device)                           # first: nothing lands on GPU 0 by default
+        torch.cuda.set_device(device)  # first: nothing lands on GPU 0 by default
     if not args.amp:
         return device, None
     if device.type == "mps":
@@ -230,21 +262,21 @@ def setup(args):
     said = "float16 autocast with a gradient scaler" if half else "bfloat16 autocast"
     if major < 8:
         said += f" (cuda, compute capability {major}.{minor} has no native bfloat16)"
-    if args.amp == "auto" and device.type == "cpu" and not args.generate:  # bfloat16 must be 5% faster
+    if args.amp == "auto" and device.type == "cpu" and not args.generate:  # 5% faster, or float32
         fp32, bf16 = (step_seconds(args, device, d) for d in (None, torch.bfloat16))
         dtype, said = (dtype, said) if bf16 < 0.95 * fp32 else (None, "float32")
-        said = f"bfloat16 is {max(fp32, bf16) / min(fp32, bf16):.1f}x {'faster' if bf16 < fp32 else 'slower'}" \
-               f" than float32 here; training in {said}"
+        ratio, faster = max(fp32, bf16) / min(fp32, bf16), "faster" if bf16 < fp32 else "slower"
+        said = f"bfloat16 is {ratio:.1f}x {faster} than float32 here; training in {said}"
     print("--amp: " + said)
     return device, dtype
 
 
 def step_seconds(args, device, dtype):
-    """Seconds of a train_step in dtype (None: float32) on new networks and random images, the best of two after a
-    warm-up: how --amp on a CPU compares float32 and bfloat16, whose speed the CPU's flags do not tell (with
-    avx512_bf16 it was 1.6x faster on an AMD EPYC and 1.4-1.9x slower on an Intel Xeon)."""
+    """Seconds of a train_step in dtype (None: float32) on new networks, the best of two after a
+    warm-up: a CPU's flags do not tell whether bfloat16 pays (README, Speed)."""
     G, D, opt_G, opt_D = build(args, device)
-    x, z = torch.rand(args.batch_size, 1, 28, 28, device=device) * 2 - 1, noise(args.batch_size, args, device)
+    x = torch.rand(args.batch_size, 1, 28, 28, device=device)
+    z = noise(args.batch_size, args, device)
     amp, times = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None), []
     for _ in range(3):
         t = time.perf_counter()
@@ -260,16 +292,17 @@ def fail(message):
 
 @contextlib.contextmanager
 def hold(out):
-    """Locks out/lock while this process trains (process 0 under torchrun), so that a second one training into
-    --out refuses in one line. The OS frees the lock when the process ends, a crash included."""
+    """Locks out/lock while this process trains: a second one refuses. The OS frees the lock when
+    the process ends, a crash included."""
     if out.is_file():
         fail(f"--out {out} is a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "lock", "w") as lock:
         try:
-            fcntl and os.environ.get("RANK", "0") == "0" and fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if fcntl and os.environ.get("RANK", "0") == "0":  # under torchrun: process 0's
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            fail(f"another process is training into {out}; wait for it to end, or pick another --out")
+            fail(f"another process is training into {out}: wait for it, or pick another --out")
         yield
 
 
@@ -280,66 +313,82 @@ def load_checkpoint(path, device):
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:
-        fail(f"cannot read checkpoint {path}: it is damaged or not a checkpoint ({type(e).__name__})")
+        name = type(e).__name__
+        fail(f"cannot read checkpoint {path}: it is damaged or not a checkpoint ({name})")
     owner = ckpt.get("script") if isinstance(ckpt, dict) else None
-    return ckpt if owner == SCRIPT else fail(f"{path} is not a checkpoint of {SCRIPT}.py" + (
-        f" but of {owner}.py" if isinstance(owner, str) else ""))
+    if owner != SCRIPT:
+        fail(
+            f"{path} is not a checkpoint of {SCRIPT}.py"
+            + f" but of {owner}.py" * isinstance(owner, str)
+        )
+    return ckpt
 
 
 def open_run(args, device):
-    """A new run (None) into a folder with no part of one (RUN_PARTS), or the checkpoint to go on from: --out's, or
-    --resume PATH of the same run (e.g. its checkpoints/epoch_0007.pt), with the run's flags put back into args."""
-    out = Path(args.out)
+    """None for a new run, into a folder with no part of one; or the checkpoint to go on from:
+    --out's, or --resume PATH of the same run (e.g. its checkpoints/epoch_0007.pt). The run's flags
+    are put back into args: those given again must be the same, but for CHANGEABLE."""
+    out, here = Path(args.out), Path(args.out) / "checkpoint.pt"
     if not args.resume and not args.generate:
-        held = [name for name in RUN_PARTS if (out / name).is_file() or any((out / name).glob("*"))]
+        held = [n for n in RUN_PARTS if (out / n).is_file() or any((out / n).glob("*"))]
         if held:
-            fail(f"--out {out} already holds a run ({', '.join(held)}): continue it with --resume, or pick "
-                 "another --out")
-        args.run = os.urandom(8).hex()                          # the run's name in its checkpoints
+            fail(
+                f"--out {out} already holds a run ({', '.join(held)}): continue it with --resume, "
+                "or pick another --out"
+            )
+        args.run = os.urandom(8).hex()  # the run's name in its checkpoints
         return None
-    path = out / "checkpoint.pt" if args.resume in (None, True) else Path(args.resume)
+    path = here if args.resume in (None, True) else Path(args.resume)
     ckpt = load_checkpoint(path, device)
-    here = out / "checkpoint.pt"
-    if path != here and (not here.is_file() or load_checkpoint(here, "cpu")["args"].get("run") != ckpt["args"].get(
-            "run")):
-        fail(f"{path} is not a checkpoint of the run in {out}: --resume PATH goes on in PATH's own run folder")
-    for flag, then in ckpt["args"].items():                     # the run's flags, unless given and changeable
-        if flag in THIS_COMMAND or flag in args.given and flag in CHANGEABLE + ("seed", "batch_size") * (
-                args.generate is not None):                     # --generate's z: from its own --seed
+    if path != here and (
+        not here.is_file()
+        or load_checkpoint(here, "cpu")["args"].get("run") != ckpt["args"].get("run")
+    ):
+        fail(f"{path} is not a checkpoint of the run in {out}; resume in its own run folder")
+    changeable = CHANGEABLE + ("seed", "batch_size") * (args.generate is not None)  # z: its own
+    for flag, then in ckpt["args"].items():
+        if flag in THIS_COMMAND or flag in args.given and flag in changeable:
             continue
-        if flag in args.given and getattr(args, flag) != then:  # said as typed: [1024, 1024] is 1024 1024
+        if flag in args.given and getattr(args, flag) != then:  # said as typed: 1024 1024
             then, now = (str(v).strip("[]").replace(",", "") for v in (then, getattr(args, flag)))
-            fail(f"{path} was trained with --{flag.replace('_', '-')} {then}, not {now}; leave the flag out to "
-                 "go on with the run's")
+            flag = flag.replace("_", "-")
+            fail(
+                f"{path} was trained with --{flag} {then}, not {now}; leave the flag out to go on "
+                "with the run's"
+            )
         setattr(args, flag, then)
     return ckpt
 
 
 def restore(parts, ckpt):
-    """Loads each part's state ({} for a scaler saved disabled: kept), or one line when the networks do not fit."""
+    """Loads each part's state ({}: a disabled scaler's), or one line if the networks do not fit."""
     try:
         for part, key in parts:
             part.load_state_dict(ckpt[key] or part.state_dict())
     except (KeyError, RuntimeError, ValueError) as e:
-        fail(f"the checkpoint does not fit {SCRIPT}.py's networks (an older version's?): {' '.join(str(e).split())[:150]}")
+        fail(
+            f"the checkpoint does not fit {SCRIPT}.py's networks (an older version's?): "
+            + " ".join(str(e).split())[:150]
+        )
 
 
 class RunLog:
-    """log.csv, a row a step, and a progress line every --log-every seconds; the stats stay on the device until then
-    (one host sync a line, not a step). On resume log.csv is cut to its length at the checkpoint (log_bytes)."""
+    """log.csv, a row a step, and a progress line every --log-every seconds: the stats stay on the
+    device until then, one host sync a line. On resume it is cut back to the checkpoint's step."""
 
     def __init__(self, out, args, step, last_step, ckpt):
         self.out, self.args, self.first_step, self.last_step = out, args, step, last_step
         self.pending, self.recent, self.told = [], [], False
-        self.t0 = time.perf_counter() - (ckpt["time"] if ckpt else 0.0)  # the run's clock, across resumes
+        self.t0 = time.perf_counter() - (ckpt["time"] if ckpt else 0.0)  # the run's clock
         self.t_first = self.t_line = time.perf_counter()
-        if ckpt:                                                # its rows must end with the checkpoint's step
-            head = (out / "log.csv").read_bytes()[:ckpt["log_bytes"]] if (out / "log.csv").is_file() else b""
-            if len(head) < ckpt["log_bytes"] or not head.endswith(b"\n") or not head.splitlines()[-1].startswith(
-                    f"{step},".encode()):
-                fail(f"{out / 'log.csv'} does not hold the rows to step {step} of this checkpoint (rolled back past it?)")
-            os.truncate(out / "log.csv", ckpt["log_bytes"])     # drop the rows a killed run wrote after ckpt
-        self.file = open(out / "log.csv", "a" if ckpt else "w", buffering=1)  # line-buffered: each row reaches the OS
+        path, size = out / "log.csv", ckpt["log_bytes"] if ckpt else 0
+        if ckpt:
+            head = (path.read_bytes() if path.is_file() else b"")[:size]
+            last = head[:-1].rsplit(b"\n", 1)[-1]  # the checkpoint's row, if head ends a row
+            if len(head) < size or head[-1:] != b"\n" or not last.startswith(b"%d," % step):
+                fail(f"{path} lacks the rows to step {step} (rolled back past this checkpoint?)")
+            os.truncate(path, size)  # drop the rows a killed run wrote after the checkpoint
+        self.file = open(path, "a" if ckpt else "w", buffering=1)  # each row reaches the OS
         self.file.write("" if self.file.tell() else "step,epoch,time,loss_d,loss_g,d_real,d_fake\n")
 
     def record(self, step, epoch, stats):
@@ -351,49 +400,59 @@ class RunLog:
         if not self.pending:
             return
         values = torch.stack([stats for *_, stats in self.pending]).tolist()  # the one host sync
-        self.file.writelines(f"{step},{epoch},{t:.3f}," + ",".join(f"{v:.5f}" for v in row) + "\n"
-                             for (step, epoch, t, _), row in zip(self.pending, values))
+        self.file.writelines(
+            f"{step},{epoch},{t:.3f}," + ",".join(f"{v:.5f}" for v in row) + "\n"
+            for (step, epoch, t, _), row in zip(self.pending, values)
+        )
         (step, epoch, *_), (loss_d, loss_g, d_real, d_fake) = self.pending[-1], values[-1]
-        if not math.isfinite(sum(map(sum, values))):            # the last good checkpoint stays
-            fail(f"losses became NaN or infinite by step {step}; the last good checkpoint is kept in {self.out}")
+        if not math.isfinite(sum(map(sum, values))):  # the last good checkpoint stays
+            fail(f"losses became NaN or infinite by step {step}; the last good checkpoint stays")
         rate = (step - self.first_step) / (time.perf_counter() - self.t_first)  # steps/s
-        print(f"epoch {epoch}/{self.args.epochs} step {step}/{self.last_step} | loss D {loss_d:.3f} G {loss_g:.3f}"
-              f" | D(x) {d_real:.2f} D(G(z)) {d_fake:.2f} | {rate * self.args.batch_size:.0f} img/s | "
-              f"{(self.last_step - step) / rate / 60:.1f} min left", flush=True)
+        print(
+            f"epoch {epoch}/{self.args.epochs} step {step}/{self.last_step} | "
+            f"loss D {loss_d:.3f} G {loss_g:.3f} | D(x) {d_real:.2f} D(G(z)) {d_fake:.2f} | "
+            f"{rate * self.args.batch_size:.0f} img/s | "
+            f"{(self.last_step - step) / rate / 60:.1f} min left",
+            flush=True,
+        )
         self.pending, self.t_line = [], time.perf_counter()
-        self.recent = (self.recent + [row[3] for row in values])[-D_WINS_STEPS:]  # D(G(z)) of the last steps
-        if not self.told and len(self.recent) == D_WINS_STEPS and sum(self.recent) / D_WINS_STEPS < D_WINS_BELOW:
-            self.told = True                                    # said once a run
-            print(f"warning: D is winning outright: D(G(z)) averaged {sum(self.recent) / D_WINS_STEPS:.3f} over the "
-                  f"last {D_WINS_STEPS} steps (to step {step}), so G learns little; see the README", flush=True)
+        self.recent = (self.recent + [row[3] for row in values])[-D_WINS_STEPS:]  # D(G(z))
+        mean = sum(self.recent) / D_WINS_STEPS
+        if not self.told and len(self.recent) == D_WINS_STEPS and mean < D_WINS_BELOW:
+            self.told = True  # said once a run
+            print(
+                f"warning: D is winning outright: D(G(z)) averaged {mean:.3f} over the last "
+                f"{D_WINS_STEPS} steps (to step {step}), so G learns little; see the README",
+                flush=True,
+            )
 
 
 def sample(G, z):
-    """G(z) without gradients for the grids and --generate. BatchNorm normalises by this batch (train mode: early on,
-    the running statistics are far from G's and eval-mode samples come out flat), on copies of the running ones."""
+    """G(z) without gradients for the grids and --generate. BatchNorm normalises by this batch (in
+    eval mode early samples come out flat), on copies of the running statistics."""
     with torch.no_grad():
-        return torch.func.functional_call(G.train(), {k: b.clone() for k, b in G.named_buffers()}, (z,))
+        buffers = {k: b.clone() for k, b in G.named_buffers()}
+        return torch.func.functional_call(G.train(), buffers, (z,))
 
 
 def generate(args):
-    """--generate N: exactly N PNGs in --out/generated/ (earlier ones removed) and generated_grid.png (the first 64),
-    from --out's checkpoint or --resume PATH, z drawn as in training, in chunks of max(64, --batch-size): memory does
-    not grow with N, and BatchNorm sees 64 images or more. A stop says how many it wrote."""
+    """--generate N: exactly N PNGs in --out/generated/ (earlier ones removed) and a grid of the
+    first 64, from the run's checkpoint or --resume PATH, in chunks of max(64, --batch-size)."""
     (device, dtype), out = setup(args), Path(args.out)
-    ckpt = open_run(args, device)                               # the run's network flags, into args
+    ckpt = open_run(args, device)  # the run's network flags, into args
     G, folder, written = build(args, device)[0], out / "generated", 0
     restore([(G, "G")], ckpt)
     rng, chunk, seconds = torch.Generator().manual_seed(args.seed), max(64, args.batch_size), 0.0
     folder.mkdir(parents=True, exist_ok=True)
     for path in folder.glob("*.png"):
         path.unlink()
-    signal.signal(signal.SIGTERM, signal.default_int_handler)   # a stop, as Ctrl-C: KeyboardInterrupt
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a stop, as Ctrl-C
     try:
         for start in range(0, args.generate, chunk):
             z, t = noise(chunk, args, device, rng), time.perf_counter()
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                images = ((sample(G, z).float() + 1) / 2).clamp_(0, 1)[:args.generate - start].cpu()
-            seconds += time.perf_counter() - t
+                images = ((sample(G, z).float() + 1) / 2).clamp_(0, 1)[: args.generate - start]
+            images, seconds = images.cpu(), seconds + time.perf_counter() - t  # waits for G
             for image in images:
                 save_image(image, folder / f"{written:06d}.png")
                 written += 1
@@ -402,35 +461,41 @@ def generate(args):
     except KeyboardInterrupt:
         (folder / f"{written:06d}.png").unlink(missing_ok=True)  # half written, if any
         fail(f"stopped: {written} of {args.generate} images written to {folder}")
-    print(f"wrote {args.generate} images to {folder} and a grid of the first {min(64, args.generate)} to "
-          f"{out / 'generated_grid.png'} (G: {args.generate / seconds:.0f} images/s)")
+    print(
+        f"wrote {args.generate} images to {folder} and a grid of the first "
+        f"{min(64, args.generate)} to {out / 'generated_grid.png'} "
+        f"(G: {args.generate / seconds:.0f} images/s)"
+    )
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", default="./data", help="MNIST root (holds MNIST/raw); downloaded there if missing")
-    p.add_argument("--epochs", type=int, default=20, help="train until the end of this epoch")
-    p.add_argument("--batch-size", type=int, default=128, help="images per step")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate, for G and D")
-    p.add_argument("--beta1", type=float, default=0.5, help="Adam's beta1")
-    p.add_argument("--z-dim", type=int, default=96, help="size of the noise vector z")
-    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
-    p.add_argument("--seed", type=int, default=0, help="initial weights, noise and data order all come from it")
-    p.add_argument("--out", default=f"runs/{SCRIPT}", help="run folder")
-    p.add_argument("--max-steps", type=int, help="stop when the run's total step count reaches this")
-    p.add_argument("--resume", nargs="?", const=True, metavar="CKPT", help="continue the run in --out, or from CKPT")
-    p.add_argument("--generate", type=int, metavar="N", help="write N images from --out/checkpoint.pt, no training")
-    p.add_argument("--amp", nargs="?", const="auto", choices=["auto", "bf16", "fp16"], help="bf16, fp16 before Ampere")
-    p.add_argument("--log-every", type=float, default=5.0, help="seconds between progress lines")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    add = p.add_argument
+    add("--data", default="./data", help="MNIST root (holds MNIST/raw); downloaded if missing")
+    add("--epochs", type=int, default=20, help="train until the end of this epoch")
+    add("--batch-size", type=int, default=128, help="images per step")
+    add("--lr", type=float, default=1e-3, help="Adam's learning rate, for G and D")
+    add("--beta1", type=float, default=0.5, help="Adam's beta1")
+    add("--z-dim", type=int, default=96, help="size of the noise vector z")
+    add("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
+    add("--seed", type=int, default=0, help="initial weights, noise and data order come from it")
+    add("--out", default=f"runs/{SCRIPT}", help="run folder")
+    add("--max-steps", type=int, help="stop when the run's total step count reaches this")
+    add("--resume", nargs="?", const=True, metavar="CKPT", help="go on with --out's run, or CKPT")
+    add("--generate", type=int, metavar="N", help="write N images from the checkpoint, no training")
+    add("--amp", nargs="?", const="auto", choices=["auto", "bf16", "fp16"], help="see setup()")
+    add("--log-every", type=float, default=5.0, help="seconds between progress lines")
     args = p.parse_args(argv)
-    unset = argparse.Namespace(**dict.fromkeys(vars(args)))     # no defaults: what the command line gave
-    args.given = [flag for flag, value in vars(p.parse_args(argv, unset)).items() if value is not None]
-    for flag in ("epochs", "batch_size", "lr", "z_dim", "max_steps", "generate", "log_every"):
+    unset = argparse.Namespace(**dict.fromkeys(vars(args)))  # no defaults: what was typed
+    args.given = [k for k, v in vars(p.parse_args(argv, unset)).items() if v is not None]
+    positive = ("epochs", "batch_size", "lr", "z_dim", "max_steps", "generate", "log_every")
+    for flag in positive:
         if getattr(args, flag) is not None and not getattr(args, flag) > 0:  # NaN is not > 0
             fail(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
     if not 0 <= args.seed < 2**63 or not 0 <= args.beta1 < 1:
-        fail(f"--seed must be in [0, 2**63) and --beta1 in [0, 1), got {args.seed} and {args.beta1}")
+        fail(f"--seed must be in [0, 2**63) and --beta1 in [0, 1): got {args.seed}, {args.beta1}")
     return args
 
 
@@ -440,9 +505,9 @@ def main(argv=None):
         if args.generate:
             generate(args)
         else:
-            with hold(Path(args.out)):                          # one training process per run folder
+            with hold(Path(args.out)):  # one training process per run folder
                 train(args)
-    except OSError as e:                                        # a path the OS refuses, a full disk, ...
+    except OSError as e:  # a path the OS refuses, a full disk, ...
         fail(f"{e.strerror or e}: {e.filename or args.out}")
 
 

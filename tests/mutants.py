@@ -30,25 +30,25 @@ def target_zero(what, name, ones="torch.ones_like({})", zeros="torch.zeros_like(
 
 # (what goes wrong, the exact old text, the new text), by the code they apply to.
 BCE_MNIST = [  # vanilla_gan.py and dcgan_mnist.py
-    target_zero("D's target for real x 0", "real_logits"),
-    target_zero("G's target 0", "gen_logits"),
+    target_zero("D's target for real x 0", "real_logits", "ones", "zeros"),
+    target_zero("G's target 0", "gen_logits", "ones", "zeros"),
     ("saturating G loss: G minimises log(1 - D(G(z)))",
-     "loss_g = F.binary_cross_entropy_with_logits(gen_logits, torch.ones_like(",
-     "loss_g = -F.binary_cross_entropy_with_logits(gen_logits, torch.zeros_like("),
+     "loss_g = F.binary_cross_entropy_with_logits(gen_logits, ones)",
+     "loss_g = -F.binary_cross_entropy_with_logits(gen_logits, zeros)"),
 ]
 LSGAN = [
-    target_zero("D's code b for real x 0", "real_scores"),
-    target_zero("G's code c 0", "gen_scores"),
+    target_zero("D's code b for real x 0", "real_scores", "ones", "zeros"),
+    target_zero("G's code c 0", "gen_scores", "ones", "zeros"),
     ("minimax G loss: G maximises D's fake term",
-     "loss_g = 0.5 * F.mse_loss(gen_scores, torch.ones_like(",
-     "loss_g = -0.5 * F.mse_loss(gen_scores, torch.zeros_like("),
+     "loss_g = 0.5 * F.mse_loss(gen_scores, ones)",
+     "loss_g = -0.5 * F.mse_loss(gen_scores, zeros)"),
     ("G's loss without eq. 9's 1/2", "loss_g = 0.5 * F.mse_loss", "loss_g = F.mse_loss"),
 ]
 PIXELS = ("pixels left in [0, 1]", "x.float().div_(127.5).sub_(1.0)", "x.float().div_(255.0)")
 MNIST_REST = [  # the three MNIST scripts
     ("no detach of the fakes in the D step", "cat([x, fake.detach()])", "cat([x, fake])"),
     ("D not frozen in the G step", "D.requires_grad_(False)", "D.requires_grad_(True)"),
-    ("Adam's default beta1 0.9", "betas=(args.beta1, 0.999)", "betas=(0.9, 0.999)"),
+    ("Adam's default beta1 0.9", "betas = (args.beta1, 0.999)", "betas = (0.9, 0.999)"),
     PIXELS,
 ]
 PHOTO = [  # dcgan64.py and dcgan256.py

@@ -174,7 +174,7 @@ def md_table(header, rows):
 
 def plot(path, panels, title=""):
     """One figure, a panel for each (x label, y label, {line: (xs, ys)}, dotted y or None);
-    log scales. Without matplotlib, a note instead (pip install -r benchmarks/requirements.txt)."""
+    log scales (y: with a dotted line). Without matplotlib, a note (benchmarks/requirements.txt)."""
     try:
         import matplotlib
 
@@ -188,7 +188,7 @@ def plot(path, panels, title=""):
             ax.plot(xs, ys, "o-", label=label)
         if dotted is not None:
             ax.axhline(dotted, color="k", ls=":", lw=1, label="real images")
-        ax.set(xlabel=xlabel, ylabel=ylabel, xscale="log", yscale="log")
+        ax.set(xlabel=xlabel, ylabel=ylabel, xscale="log", yscale="log" if dotted else "linear")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.suptitle(title)

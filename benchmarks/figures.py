@@ -100,9 +100,9 @@ def quality_run(name, data, ys, args):
 
 
 def markdown(rows, ys, command):
-    real = {**ys.real, "script": "real digits (half B)", "epoch": "", "steps": "", "time_s": 0}
-    real["floor"] = ys.floor(real["n_fd"])
-    table = [[f"`{r['script']}.py`", r["epoch"], r["steps"], f"{float(r['time_s']):.0f} s",
+    real = {**ys.real, "epoch": "", "steps": "", "time_s": "", "floor": ys.floor(ys.real["n_fd"])}
+    name = lambda r: "real digits (half B)" if r is real else f"`{r['script']}.py`"  # noqa: E731
+    table = [[name(r), r["epoch"], r["steps"], r["time_s"] and f"{float(r['time_s']):.0f} s",
               *(f"{float(r[k]):.2f}" for k in ("distance", "floor")),
               *(f"{float(r[k]):.3f}" for k in ("confidence", "coverage")),
               f"{r['classes_covered']}/10"] for r in [*rows, real]]  # fmt: skip
@@ -154,8 +154,8 @@ def main(argv=None):
     rows.sort(key=lambda r: (list(SCRIPTS).index(r["script"]), int(r["epoch"])))
     if rows:
         plot(rows, results / "quality_vs_time.png", ys.floor(int(rows[0]["n_fd"])))
-    budget = " ".join(f"{k}={v}" for k, v in args.budget.items())
-    command = f"python benchmarks/figures.py --mnist {args.mnist} --budget {budget}"
+    budget = " --budget " + " ".join(f"{k}={v}" for k, v in args.budget.items())
+    command = f"python benchmarks/figures.py --mnist {args.mnist}" + budget * bool(args.budget)
     (results / "quality.md").write_text(markdown(rows, ys, command + " --quick" * args.quick))
     print(f"wrote {results / 'quality.md'}")
 

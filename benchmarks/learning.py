@@ -208,7 +208,7 @@ def report(rows, args, describe):
         spread = alive and f"{statistics.mean(alive):.0f} ({min(alive):.0f}-{max(alive):.0f})"
         failures.append([name, f"`{flags}`" if flags else "", len(last), len(dead),
                          f"{len(dead) / len(last):.0%} [{lo:.0%}, {hi:.0%}]",
-                         ", ".join(map(str, dead)) or "none", spread])  # fmt: skip
+                         ", ".join(map(str, dead)) or "none", spread or ""])  # fmt: skip
     data = "faces" if args.faces else "MNIST digits at 64x64, grayscale"
     return "\n".join([
         f"## dcgan64.py and pytorch/examples' dcgan/main.py on {data}\n",

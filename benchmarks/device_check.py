@@ -5,7 +5,7 @@ CPU, and the time a stop under torchrun takes to save.
     python benchmarks/device_check.py --device mps
     python benchmarks/device_check.py --device cpu --quick   # what the tests run: tiny, seconds
 
-Time: a few minutes on a GPU; about 15 min on a 2-core CPU (--quick: seconds).
+Time: a few minutes on a GPU; about 25 min on a 2-core CPU (--quick: seconds).
 
 On synthetic data (common.py: smooth random photos, block digits) it trains dcgan64.py and
 vanilla_gan.py for --steps steps each in fp32 and with --amp, and dcgan64.py also with --compile

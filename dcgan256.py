@@ -1,44 +1,43 @@
-"""DCGAN at 256x256 on any folder of photos, on one CPU or GPU or on many with torchrun.
+"""DCGAN at 256x256 on any folder of photos, on a CPU, a GPU or torchrun's.
 
-Paper: Radford, Metz & Chintala 2015, "Unsupervised Representation Learning with Deep Convolutional Generative
-Adversarial Networks" (DCGAN), arXiv:1511.06434; the game itself: Goodfellow et al. 2014, arXiv:1406.2661.
-Networks: the 256x256 tables of a DCGAN-on-faces project built on the PyTorch DCGAN tutorial (in the README):
-the paper's recipe grown by three more up-sampling layers, with the tables' max-pooling discriminator.
+Paper: Radford, Metz & Chintala 2015, "Unsupervised Representation Learning with Deep Convolutional
+Generative Adversarial Networks" (DCGAN), arXiv:1511.06434; the game: Goodfellow et al. 2014,
+arXiv:1406.2661. Networks (in the README): the 256x256 tables of a DCGAN-on-faces project built on
+the PyTorch DCGAN tutorial: the paper's recipe grown by three up-sampling layers, a max-pooling D.
 
-    python dcgan256.py --data ./celeba --device cuda   # any folder of images; --amp --compile --cache: faster
-    python dcgan256.py --data ./celeba --resume --epochs 20    # continue the run in --out
-    python dcgan256.py --generate 1000                         # images from --out/checkpoint.pt
-    torchrun --standalone --nproc_per_node 4 dcgan256.py --data ./celeba     # 4 GPUs, --batch-size each
+    python dcgan256.py --data ./celeba  # into --out; then --resume, or --generate N images
+    torchrun --standalone --nproc_per_node 4 dcgan256.py --data ./celeba  # on 4 GPUs
 
-Run folder (--out): real.png, samples/epoch_NNNN.png (fixed noise), log.csv (a row a step), checkpoint.pt (resumes
-bit for bit on CPU), checkpoints/ (the last 3 epochs, for --resume PATH), generated/. tools/report.py checks a run.
-
-Implementation details, each tied to the paper (section numbers of arXiv:1511.06434 unless said otherwise):
- 1. The minimax game V(D, G) = E_x[log D(x)] + E_z[log(1 - D(G(z)))] (Goodfellow eq. 1), one D step then one
-    G step per minibatch (Goodfellow Algorithm 1, k = 1).
- 2. G maximises log D(G(z)) instead of minimising log(1 - D(G(z))) (Goodfellow section 3, "non-saturating").
- 3. D outputs a logit; sigmoid + binary cross-entropy are fused in BCEWithLogitsLoss: the same objective,
-    numerically stable, and safe under autocast (the table's Sigmoid layer followed by BCELoss is neither).
- 4. G is all-convolutional: transposed convolutions, no fully connected layer (section 3, guidelines 1 and 3).
-    D is the table's, against those guidelines: 3x3 convolutions with max-pooling, a hidden Linear of 128.
- 5. BatchNorm in G, except its output layer (section 3, guideline 2). Not in D by default, against the guideline
-    and the table: with it G stayed grey noise on 256x256 digits for 720 steps; without it G drew shapes by step
-    312 (README, "Does every seed learn?"). --d-bn puts the table's back.
- 6. ReLU in G with Tanh on the output, LeakyReLU(0.2) in D (section 3, guidelines 4 and 5; slope 0.2 from
-    section 4). The table writes LeakyReLU in G's hidden layers: --g-act leaky builds exactly that generator.
- 7. z ~ N(0, I) of size 100 is "projected and reshaped" to 4x4 (figure 1) by a 4x4 transposed convolution of
-    the 1x1 input, exactly a fully connected layer z -> (512*4*4) followed by a reshape.
- 8. Images scaled to [-1, 1], the range of Tanh, and no other pre-processing (section 4); photos are resized on
-    their shorter side and centre-cropped to 256x256 first.
- 9. Weights from N(0, 0.02) (section 4); BatchNorm scales from N(1, 0.02), biases 0 (the tutorial's choice).
-10. Adam, beta1 0.5 ("0.9 resulted in training oscillation and instability", section 4). D's lr is the paper's
-    0.0002, G's twice that (two time-scales, Heusel et al. 2017, arXiv:1706.08500), as in dcgan64.py, where it
-    stopped the deaths of some seeds at the start (README). --lr-g 2e-4 gives the paper's recipe.
+Implementation details (sections of the DCGAN paper unless said otherwise):
+ 1. The minimax game V(D, G) = E_x[log D(x)] + E_z[log(1 - D(G(z)))] (Goodfellow eq. 1): one D step,
+    then one G step, a minibatch (Goodfellow Algorithm 1, k = 1).
+ 2. G maximises log D(G(z)): this "results in the same fixed point of the dynamics of G and D but
+    provides much stronger gradients early in learning" than minimising log(1 - D(G(z)))
+    (Goodfellow section 3).
+ 3. D outputs a logit; BCEWithLogitsLoss fuses the table's sigmoid: stable, safe under autocast.
+ 4. G is all-convolutional: transposed convolutions, no fully connected layer (section 3, guidelines
+    1 and 3). D is the table's, against them: 3x3 convolutions, max-pooling, a hidden Linear of 128.
+ 5. BatchNorm in G but for its output layer (section 3, guideline 2). Not in D by default, against
+    the guideline and the table: with it G stayed noise on 256x256 digits for 720 steps; without it
+    G drew shapes by step 312 (README, "Does every seed learn?"). --d-bn puts the table's back.
+ 6. ReLU in G, Tanh on its output, LeakyReLU(0.2) in D (section 3, guidelines 4 and 5; the slope:
+    section 4). --g-act leaky builds the table's G: LeakyReLU in the hidden layers, Tanh kept.
+ 7. z (100 numbers) is "projected and reshaped" to 4x4 (figure 1): a 4x4 transposed convolution of
+    the 1x1 input is a fully connected layer and a reshape. Figure 1 draws z uniform; we draw
+    z ~ N(0, I), as the PyTorch DCGAN tutorial does.
+ 8. Images scaled to [-1, 1], Tanh's range, no other pre-processing (section 4); photos are first
+    resized on their shorter side and centre-cropped to 256x256.
+ 9. Weights from N(0, 0.02) (section 4); BatchNorm scales N(1, 0.02), biases 0 (the tutorial's).
+10. Adam, beta1 0.5 ("0.9 resulted in training oscillation and instability", section 4). D's lr is
+    the paper's 0.0002, G's twice that (two time-scales, Heusel et al. 2017, arXiv:1706.08500), as
+    in dcgan64.py, where it stopped some seeds' deaths at the start (README). --lr-g 2e-4: the
+    paper's.
 """
-import argparse, contextlib, math, os, shutil, signal, time  # noqa: E401 (the standard library)
+
+import argparse, contextlib, math, os, shutil, signal, time  # noqa: E401
 from pathlib import Path
 
-try:  # the run folder's lock: POSIX only, so Windows trains without it
+try:  # the run folder's lock: POSIX only
     import fcntl
 except ImportError:
     fcntl = None
@@ -53,92 +52,105 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as TF
 from torchvision.utils import save_image
 
-try:  # torchvision's own decoders: fast, but deprecated since 0.29 in favour of TorchCodec; PIL when gone
+try:  # deprecated since torchvision 0.29; PIL once gone
     from torchvision.io import ImageReadMode, decode_image
 except ImportError:
     decode_image = None
 
 SCRIPT = Path(__file__).stem
-IMAGE_SIZE = 256                                                # images are IMAGE_SIZE x IMAGE_SIZE
-SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")  # the image files read
-D_WINS_STEPS, D_WINS_BELOW, D_WINS_FROM = 20, 0.02, 100  # D has won: D(G(z)) below 0.02 over 20 steps, from step 100
-KEEP_EPOCHS = 3                         # epoch checkpoints kept in checkpoints/
+# The networks' size, not a knob: for twice (half) the size add (remove) a stride-2 block (4x4
+# transposed convolution, BatchNorm, activation) in G, keeping its first 4x4 layer (1x1 -> 4x4), and
+# a convolution + max-pool block in D, setting the Linear's input to the last block's output size;
+# pytorch/examples issues #70 and #1278 ask for it.
+IMAGE_SIZE = 256
+SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")  # the files read
+D_WINS_STEPS, D_WINS_BELOW, D_WINS_FROM = 20, 0.02, 100  # warn_if_d_wins's rule
+KEEP_EPOCHS = 3  # epoch checkpoints kept
+PARTS = ("G", "D", "opt_G", "opt_D", "scaler")  # in a checkpoint
+RUN_PARTS = ("checkpoint.pt", "checkpoints", "log.csv", "samples", "real.png")  # a run's folder
+CHANGEABLE = ("epochs", "lr", "lr_g", "data")  # flags a resume may change
+# Flags never taken from a checkpoint:
+THIS_COMMAND = "out resume generate max_steps device workers cache compile log_every given".split()
 
 
-RUN_PARTS = ("checkpoint.pt", "checkpoints", "log.csv", "samples", "real.png")  # any of them: a run's folder
-
-
-CHANGEABLE = ("epochs", "lr", "lr_g", "data")  # the flags a resume may change (README)
-
-
-THIS_COMMAND = ("out", "resume", "generate", "max_steps", "device", "workers", "cache", "compile", "log_every",
-                "given")  # flags of this command alone, never taken from a checkpoint
-
-
-# ---- Networks (the 256x256 tables: figure 1 grown by three layers; shapes for the default widths) ------
+# ---- Networks (the 256x256 tables: figure 1 grown by 3 layers). B: batch size, C: --channels ----
 class Generator(nn.Sequential):
-    """z (B, z_dim, 1, 1) -> image (B, C, 256, 256) in [-1, 1]. 4x4 transposed convolutions (stride 1, no padding:
-    1x1 to 4x4; stride 2, padding 1: twice the size), then the table's last row "Conv, Tanh", a 3x3 convolution to
-    C channels. No bias before a BatchNorm (it has one). act: detail 6; the output keeps its Tanh either way."""
+    """z (B, z_dim, 1, 1) -> image (B, C, 256, 256), shapes for --ngf 8. 4x4 transposed
+    convolutions: stride 1, no padding: 1x1 to 4x4; stride 2, padding 1: twice the size; no bias
+    (BatchNorm's). Then the table's last row "Conv, Tanh": a 3x3 convolution to C channels."""
 
     def __init__(self, z_dim=100, ngf=8, channels=3, act="relu"):
-        relu = (lambda: nn.ReLU(inplace=True)) if act == "relu" else (lambda: nn.LeakyReLU(0.2, inplace=True))
-        super().__init__(                                                 # input z: (B, 100, 1, 1)
-            nn.ConvTranspose2d(z_dim, ngf * 64, 4, 1, 0, bias=False),       # (B, 512, 4, 4): "project and reshape"
-            nn.BatchNorm2d(ngf * 64), relu(),                               # (B, 512, 4, 4)
-            nn.ConvTranspose2d(ngf * 64, ngf * 32, 4, 2, 1, bias=False),    # (B, 256, 8, 8)
-            nn.BatchNorm2d(ngf * 32), relu(),                               # (B, 256, 8, 8)
-            nn.ConvTranspose2d(ngf * 32, ngf * 16, 4, 2, 1, bias=False),    # (B, 128, 16, 16)
-            nn.BatchNorm2d(ngf * 16), relu(),                               # (B, 128, 16, 16)
-            nn.ConvTranspose2d(ngf * 16, ngf * 8, 4, 2, 1, bias=False),     # (B, 64, 32, 32)
-            nn.BatchNorm2d(ngf * 8), relu(),                                # (B, 64, 32, 32)
-            nn.ConvTranspose2d(ngf * 8, ngf * 4, 4, 2, 1, bias=False),      # (B, 32, 64, 64)
-            nn.BatchNorm2d(ngf * 4), relu(),                                # (B, 32, 64, 64)
-            nn.ConvTranspose2d(ngf * 4, ngf * 2, 4, 2, 1, bias=False),      # (B, 16, 128, 128)
-            nn.BatchNorm2d(ngf * 2), relu(),                                # (B, 16, 128, 128)
-            nn.ConvTranspose2d(ngf * 2, ngf, 4, 2, 1, bias=False),          # (B, 8, 256, 256)
-            nn.BatchNorm2d(ngf), relu(),                                    # (B, 8, 256, 256)
-            nn.Conv2d(ngf, channels, 3, 1, 1), nn.Tanh(),                   # (B, C, 256, 256) in [-1, 1]: details 5, 6
+        relu = lambda: nn.ReLU(inplace=True) if act == "relu" else nn.LeakyReLU(0.2, inplace=True)
+        super().__init__(  # input z: (B, 100, 1, 1)
+            nn.ConvTranspose2d(z_dim, ngf * 64, 4, 1, 0, bias=False),  # (B, 512, 4, 4), detail 7
+            nn.BatchNorm2d(ngf * 64),  # (B, 512, 4, 4)
+            relu(),  # (B, 512, 4, 4)
+            nn.ConvTranspose2d(ngf * 64, ngf * 32, 4, 2, 1, bias=False),  # (B, 256, 8, 8)
+            nn.BatchNorm2d(ngf * 32),  # (B, 256, 8, 8)
+            relu(),  # (B, 256, 8, 8)
+            nn.ConvTranspose2d(ngf * 32, ngf * 16, 4, 2, 1, bias=False),  # (B, 128, 16, 16)
+            nn.BatchNorm2d(ngf * 16),  # (B, 128, 16, 16)
+            relu(),  # (B, 128, 16, 16)
+            nn.ConvTranspose2d(ngf * 16, ngf * 8, 4, 2, 1, bias=False),  # (B, 64, 32, 32)
+            nn.BatchNorm2d(ngf * 8),  # (B, 64, 32, 32)
+            relu(),  # (B, 64, 32, 32)
+            nn.ConvTranspose2d(ngf * 8, ngf * 4, 4, 2, 1, bias=False),  # (B, 32, 64, 64)
+            nn.BatchNorm2d(ngf * 4),  # (B, 32, 64, 64)
+            relu(),  # (B, 32, 64, 64)
+            nn.ConvTranspose2d(ngf * 4, ngf * 2, 4, 2, 1, bias=False),  # (B, 16, 128, 128)
+            nn.BatchNorm2d(ngf * 2),  # (B, 16, 128, 128)
+            relu(),  # (B, 16, 128, 128)
+            nn.ConvTranspose2d(ngf * 2, ngf, 4, 2, 1, bias=False),  # (B, 8, 256, 256)
+            nn.BatchNorm2d(ngf),  # (B, 8, 256, 256)
+            relu(),  # (B, 8, 256, 256)
+            nn.Conv2d(ngf, channels, 3, 1, 1),  # (B, C, 256, 256), no BatchNorm (detail 5)
+            nn.Tanh(),  # (B, C, 256, 256) in [-1, 1]; kept with --g-act leaky: the table has it
         )
 
 
 class Discriminator(nn.Sequential):
-    """image (B, C, 256, 256) -> logit (B,). The table gives the sizes of six convolution + max-pool blocks; these
-    kernels give them exactly: 3x3 convolutions without padding (size - 2; the second block's with padding 1, size
-    kept), 2x2 max-pooling (size // 2). The table's final Sigmoid is inside the loss (detail 3). bn: the table's
-    BatchNorm in blocks 2-6 (--d-bn), off by default (detail 5): over an all-fake batch it cancels any change of G's
-    that moves a channel's batch mean, such as the dark background G must learn first."""
+    """image (B, C, 256, 256) -> logit (B,), shapes for --ndf 8. The table's six blocks: 3x3
+    convolutions without padding (size - 2; block 2's with padding 1), 2x2 max-pooling (size // 2).
+    bn: the table's BatchNorm in blocks 2-6 (--d-bn), off by default (detail 5): over an all-fake
+    batch it cancels any change of G's that moves a channel's mean, such as the dark background G
+    must learn first. The table's Sigmoid is in the loss."""
 
     def __init__(self, ndf=8, channels=3, bn=False):
         norm = nn.BatchNorm2d if bn else (lambda width: nn.Identity())
-        super().__init__(                                             # input x: (B, C, 256, 256)
-            nn.Conv2d(channels, ndf, 3, 1, 0),                          # (B, 8, 254, 254): no BatchNorm (detail 5)
-            nn.LeakyReLU(0.2, inplace=True),                            # (B, 8, 254, 254)
-            nn.MaxPool2d(2),                                            # (B, 8, 127, 127)
-            nn.Conv2d(ndf, ndf * 2, 3, 1, 1, bias=not bn),              # (B, 16, 127, 127): padding 1 here
-            norm(ndf * 2), nn.LeakyReLU(0.2, inplace=True),             # (B, 16, 127, 127)
-            nn.MaxPool2d(2),                                            # (B, 16, 63, 63)
-            nn.Conv2d(ndf * 2, ndf * 4, 3, 1, 0, bias=not bn),          # (B, 32, 61, 61)
-            norm(ndf * 4), nn.LeakyReLU(0.2, inplace=True),             # (B, 32, 61, 61)
-            nn.MaxPool2d(2),                                            # (B, 32, 30, 30)
-            nn.Conv2d(ndf * 4, ndf * 8, 3, 1, 0, bias=not bn),          # (B, 64, 28, 28)
-            norm(ndf * 8), nn.LeakyReLU(0.2, inplace=True),             # (B, 64, 28, 28)
-            nn.MaxPool2d(2),                                            # (B, 64, 14, 14)
-            nn.Conv2d(ndf * 8, ndf * 16, 3, 1, 0, bias=not bn),         # (B, 128, 12, 12)
-            norm(ndf * 16), nn.LeakyReLU(0.2, inplace=True),            # (B, 128, 12, 12)
-            nn.MaxPool2d(2),                                            # (B, 128, 6, 6)
-            nn.Conv2d(ndf * 16, ndf * 32, 3, 1, 0, bias=not bn),        # (B, 256, 4, 4)
-            norm(ndf * 32), nn.LeakyReLU(0.2, inplace=True),            # (B, 256, 4, 4)
-            nn.MaxPool2d(2),                                            # (B, 256, 2, 2)
-            nn.Flatten(),                                               # (B, 1024)
-            nn.Linear(ndf * 32 * 2 * 2, 128), nn.LeakyReLU(0.2, inplace=True),  # (B, 128)
-            nn.Linear(128, 1),                                          # (B, 1): the logit of D(x)
-            nn.Flatten(0),                                              # (B,)
+        super().__init__(  # input x: (B, C, 256, 256)
+            nn.Conv2d(channels, ndf, 3, 1, 0),  # (B, 8, 254, 254), no BatchNorm (detail 5)
+            nn.LeakyReLU(0.2, inplace=True),  # (B, 8, 254, 254)
+            nn.MaxPool2d(2),  # (B, 8, 127, 127)
+            nn.Conv2d(ndf, ndf * 2, 3, 1, 1, bias=not bn),  # (B, 16, 127, 127): padding 1 here
+            norm(ndf * 2),  # (B, 16, 127, 127)
+            nn.LeakyReLU(0.2, inplace=True),  # (B, 16, 127, 127)
+            nn.MaxPool2d(2),  # (B, 16, 63, 63)
+            nn.Conv2d(ndf * 2, ndf * 4, 3, 1, 0, bias=not bn),  # (B, 32, 61, 61)
+            norm(ndf * 4),  # (B, 32, 61, 61)
+            nn.LeakyReLU(0.2, inplace=True),  # (B, 32, 61, 61)
+            nn.MaxPool2d(2),  # (B, 32, 30, 30)
+            nn.Conv2d(ndf * 4, ndf * 8, 3, 1, 0, bias=not bn),  # (B, 64, 28, 28)
+            norm(ndf * 8),  # (B, 64, 28, 28)
+            nn.LeakyReLU(0.2, inplace=True),  # (B, 64, 28, 28)
+            nn.MaxPool2d(2),  # (B, 64, 14, 14)
+            nn.Conv2d(ndf * 8, ndf * 16, 3, 1, 0, bias=not bn),  # (B, 128, 12, 12)
+            norm(ndf * 16),  # (B, 128, 12, 12)
+            nn.LeakyReLU(0.2, inplace=True),  # (B, 128, 12, 12)
+            nn.MaxPool2d(2),  # (B, 128, 6, 6)
+            nn.Conv2d(ndf * 16, ndf * 32, 3, 1, 0, bias=not bn),  # (B, 256, 4, 4)
+            norm(ndf * 32),  # (B, 256, 4, 4)
+            nn.LeakyReLU(0.2, inplace=True),  # (B, 256, 4, 4)
+            nn.MaxPool2d(2),  # (B, 256, 2, 2)
+            nn.Flatten(),  # (B, 1024)
+            nn.Linear(ndf * 32 * 2 * 2, 128),  # (B, 128)
+            nn.LeakyReLU(0.2, inplace=True),  # (B, 128)
+            nn.Linear(128, 1),  # (B, 1): the logit of D(x)
+            nn.Flatten(0),  # (B,)
         )
 
 
 def init_weights(module):
-    """Detail 9: convolution and linear weights ~ N(0, 0.02), biases 0; BatchNorm scale ~ N(1, 0.02), shift 0."""
+    """Detail 9: conv and linear weights ~ N(0, 0.02), biases 0; BatchNorm scale ~ N(1, 0.02)."""
     if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.BatchNorm2d)):
         nn.init.normal_(module.weight, 1.0 if isinstance(module, nn.BatchNorm2d) else 0.0, 0.02)
         if module.bias is not None:
@@ -146,294 +158,311 @@ def init_weights(module):
 
 
 def noise(n, args, device, rng=None):
-    """n samples of z ~ N(0, I), the prior p_z, as 1x1 images (n, z_dim, 1, 1) on device. Drawn on the CPU (rng is
-    a CPU generator), so that a seed means the same z on every device."""
+    """n samples of z ~ N(0, I), as 1x1 images (n, z_dim, 1, 1). Departure: the paper draws z
+    uniform (figure 1); we follow the PyTorch DCGAN tutorial. Drawn on the CPU (rng: a CPU
+    generator): a seed gives the same z on every device."""
     pin = torch.device(device).type == "cuda"
-    return torch.randn(n, args.z_dim, 1, 1, generator=rng, pin_memory=pin).to(device, non_blocking=pin)
+    z = torch.randn(n, args.z_dim, 1, 1, generator=rng, pin_memory=pin)
+    return z.to(device, non_blocking=pin)
 
 
 def build(args, device):
-    """G and D (channels-last on CPU and CUDA: memory_format), and their Adam (detail 10), fused: one kernel."""
-    G, D = Generator(args.z_dim, args.ngf, args.channels, args.g_act), Discriminator(args.ndf, args.channels, args.d_bn)
-    G, D = (net.apply(init_weights).to(device, memory_format=memory_format(device)) for net in (G, D))
-    return G, D, *(torch.optim.Adam(net.parameters(), lr, betas=(0.5, 0.999), fused=True)
-                   for net, lr in ((G, args.lr_g), (D, args.lr)))
+    """G and D, initialised (detail 9), in memory_format; their fused Adam (detail 10)."""
+    G = Generator(args.z_dim, args.ngf, args.channels, args.g_act)
+    D, fmt = Discriminator(args.ndf, args.channels, args.d_bn), memory_format(device)
+    G, D = (net.apply(init_weights).to(device, memory_format=fmt) for net in (G, D))
+    adam = lambda net, lr: torch.optim.Adam(net.parameters(), lr, betas=(0.5, 0.999), fused=True)
+    return G, D, *(adam(net, lr) for net, lr in ((G, args.lr_g), (D, args.lr)))
 
 
-# ---- Losses and one iteration of Algorithm 1 (Goodfellow et al., with the DCGAN settings) ------------------
+# ---- Losses and one iteration of Algorithm 1 ----
 def train_step(G, D, D_frozen, opt_G, opt_D, x, z, amp, scaler):
-    """One iteration of Algorithm 1 with k = 1: a D step, then a G step, on real x (B, C, 256, 256) and noise z.
-    G, D may be wrapped (DDP, torch.compile); D_frozen is D without DDP (which would wait for D's gradients) for the
-    G step. amp: an autocast context; scaler: a GradScaler, for float16 only. Returns loss_D, loss_G, D(x), D(G(z))."""
-    ones = torch.ones(len(x), device=x.device)                  # (B,) target "real"
-    zeros = torch.zeros(len(x), device=x.device)                # (B,) target "fake"
-    with amp:
-        fake = G(z)                                             # (B, C, 256, 256), used by both steps
-        # -- D step (Algorithm 1, ascend the gradient of eq. 1): maximise log D(x) + log(1 - D(G(z))), i.e.
-        # minimise BCE(D(x), 1) + BCE(D(G(z)), 0); all-real and all-fake batches. detach(): G is not updated here.
-        real_logits = D(x).float()                              # (B,)
-        fake_logits = D(fake.detach()).float()                  # (B,)
-        loss_d = (F.binary_cross_entropy_with_logits(real_logits, ones)
-                  + F.binary_cross_entropy_with_logits(fake_logits, zeros))
-    opt_D.zero_grad(set_to_none=True)
-    scaler.scale(loss_d).backward()                             # DDP: D's gradients averaged over processes
-    scaler.step(opt_D)                                          # Adam, detail 10
+    """One iteration of Algorithm 1 (k = 1) on real x (B, C, 256, 256) and noise z. G, D: maybe
+    wrapped (DDP, torch.compile); D_frozen: D without DDP, which would wait for D's gradients in the
+    G step. amp: autocast; scaler: float16's. Returns (4,): loss_d, loss_g, D(x), D(G(z))."""
+    ones = torch.ones(len(x), device=x.device)  # (B,) target "real"
+    zeros = torch.zeros(len(x), device=x.device)  # (B,) target "fake"
 
-    # -- G step (Goodfellow section 3, non-saturating): maximise log D(G(z)), i.e. minimise BCE(D(G(z)), 1), not
-    # log(1 - D(G(z))). The fake batch is reused, through the updated D, frozen: no D weight gradient is computed.
+    # (1) Update D: maximise log D(x) + log(1 - D(G(z))) (eq. 1), i.e. minimise BCE(D(x), 1) +
+    # BCE(D(G(z)), 0). Real and fake go through D apart: with --d-bn each BatchNorm sees an all-real
+    # or all-fake batch. fake.detach(): G is not updated here.
+    with amp:
+        fake = G(z)  # (B, C, 256, 256), used by both steps
+        real_logits = D(x).float()  # (B,)
+        fake_logits = D(fake.detach()).float()  # (B,)
+        loss_d = F.binary_cross_entropy_with_logits(real_logits, ones)
+        loss_d = loss_d + F.binary_cross_entropy_with_logits(fake_logits, zeros)
+    opt_D.zero_grad(set_to_none=True)
+    scaler.scale(loss_d).backward()  # DDP: averaged over the processes
+    scaler.step(opt_D)
+
+    # (2) Update G: maximise log D(G(z)) (detail 2), i.e. minimise BCE(D(G(z)), 1). Departure:
+    # Algorithm 1 draws a fresh minibatch of z here; we reuse the D step's fakes, as the PyTorch
+    # DCGAN tutorial does. D, updated, is frozen: no gradient for its weights.
     D_frozen.requires_grad_(False)
     with amp:
-        gen_logits = D_frozen(fake).float()                     # (B,)
+        gen_logits = D_frozen(fake).float()  # (B,)
         loss_g = F.binary_cross_entropy_with_logits(gen_logits, ones)
     opt_G.zero_grad(set_to_none=True)
-    scaler.scale(loss_g).backward()                             # DDP: G's gradients averaged over processes
+    scaler.scale(loss_g).backward()
     scaler.step(opt_G)
-    scaler.update()                                             # one scale for both optimizers, once a step
+    scaler.update()  # once an iteration
     D_frozen.requires_grad_(True)
 
-    d_x = torch.sigmoid(real_logits.detach()).mean()            # D(x), a probability
-    d_g_z = torch.sigmoid(fake_logits.detach()).mean()          # D(G(z)), a probability
+    d_x = torch.sigmoid(real_logits.detach()).mean()  # D(x), a probability
+    d_g_z = torch.sigmoid(fake_logits.detach()).mean()  # D(G(z)), a probability
     return torch.stack([loss_d.detach(), loss_g.detach(), d_x, d_g_z])
 
 
-# ---- The training loop -----------------------------------------------------------------------------------
+# ---- The training loop ----
 def train(args):
     (rank, world, device), out = setup(args), Path(args.out)
-    ckpt = open_run(args, device, rank, world)                  # None for a new run
-    dtype = amp_dtype(args, device, rank, world)                # None: fp32
+    ckpt = open_run(args, device, rank, world)  # None for a new run
+    dtype = amp_dtype(args, device, rank, world)  # None: float32
     amp = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     data = Photos(args, rank, world, device)
-    torch.manual_seed(args.seed)                                # initial weights, the same in every process
+    torch.manual_seed(args.seed)  # the same weights in every process
     G, D, opt_G, opt_D = build(args, device)
-    fixed_z = noise(64, args, "cpu", torch.Generator().manual_seed(args.seed))  # the grids' z, every epoch
-    step = epoch = batch = 0                                    # where the run is: batch = steps into the epoch
-    if ckpt:                                                    # go on: weights, optimizers, loss scale, noise
-        restore(((G, "G"), (D, "D"), (opt_G, "opt_G"), (opt_D, "opt_D")), ckpt)
-        scaler.load_state_dict(ckpt["scaler"] or scaler.state_dict())  # {}: saved without float16
-        for opt, lr in ((opt_G, args.lr_g), (opt_D, args.lr)):  # a resumed run may change the learning rates
-            opt.param_groups[0]["lr"] = lr                      # one group: all of the net's parameters
-        step, epoch, batch, fixed_z = ckpt["step"], ckpt["epoch"], ckpt["batch"], ckpt["fixed_z"].cpu()
-    last = step + data.steps - batch + (args.epochs - epoch - 1) * data.steps if epoch < args.epochs else step
-    last = min(last, args.max_steps or last)
+    models = (G, D, opt_G, opt_D, scaler)
+    fixed_z = noise(64, args, "cpu", torch.Generator().manual_seed(args.seed))  # the grids' z
+    step = epoch = batch = 0  # batch: steps into the epoch
+    if ckpt:
+        restore(zip(models, PARTS), ckpt)
+        for opt, lr in ((opt_G, args.lr_g), (opt_D, args.lr)):  # a resume may change lr
+            opt.param_groups[0]["lr"] = lr
+        step, epoch, batch = ckpt["step"], ckpt["epoch"], ckpt["batch"]
+        fixed_z = ckpt["fixed_z"].cpu()
+    last = step + data.steps - batch + (args.epochs - epoch - 1) * data.steps
+    last = min(last if epoch < args.epochs else step, args.max_steps or math.inf)
     if last <= step:
-        fail(f"the run in {out} is already at step {step} (epoch {epoch}); raise --epochs or --max-steps")
+        fail(f"the run in {out} is already at step {step}; raise --epochs or --max-steps")
     log = RunLog(out / "log.csv", args, step, last, ckpt, world) if rank == 0 else None
-    if not ckpt and rank == 0:                                  # real.png: (64, C, 256, 256) in [0, 1]
-        save_image(torch.stack([data[i][0] for i in range(min(64, len(data)))]) / 255, out / "real.png", nrow=8)
+    if not ckpt and rank == 0:
+        real = torch.stack([data[i][0] for i in range(min(64, len(data)))])  # (64, C, 256, 256)
+        save_image(real / 255, out / "real.png", nrow=8)
     G_train, D_train, D_frozen = wrap(G, D, args, world)
     stopping = False
     with Stopper() as stopper:
         while step < last and not stopping:
-            for images in data.epoch(epoch, batch):             # (B, C, 256, 256) uint8, the rest of this epoch
-                x = images.to(device, non_blocking=images.is_pinned()).contiguous(memory_format=memory_format(device))
-                x = x.float().div_(127.5).sub_(1.0)             # (B, C, 256, 256) real images in [-1, 1] (detail 8)
-                rng = torch.Generator().manual_seed(hash((args.seed, rank, step)))  # from these alone: no state
-                z = noise(len(x), args, device, rng)            # (B, 100, 1, 1) ~ N(0, I)
-                stats = train_step(G_train, D_train, D_frozen, opt_G, opt_D, x, z, amp, scaler)  # (4,)
+            for images in data.epoch(epoch, batch):  # (B, C, 256, 256) uint8: the epoch's rest
+                x = images.to(device, non_blocking=images.is_pinned())
+                x = x.contiguous(memory_format=memory_format(device))
+                x = x.float().div_(127.5).sub_(1.0)  # real images in [-1, 1] (detail 8)
+                seed = hash((args.seed, rank, step))  # resumes need no random state
+                z = noise(len(x), args, device, torch.Generator().manual_seed(seed))
+                stats = train_step(G_train, D_train, D_frozen, opt_G, opt_D, x, z, amp, scaler)
                 step, batch = step + 1, batch + 1
-                if log:                                         # process 0 keeps the log
+                if log:
                     log.record(step, epoch + 1, stats)
-                stopping = stopper.check(stats, step, world)    # the same answer in every process
+                stopping = stopper.check(stats, step, world)  # the same in every process
                 if stopping or step == last:
                     break
             if batch >= data.steps:
                 epoch, batch = epoch + 1, 0
-            stopper.read()                                      # never save weights from NaN losses
-            save(out, args, (G, D, opt_G, opt_D, scaler), (step, epoch, batch), fixed_z, log, world)
+            stopper.read()  # torchrun: the last flag; no NaN is saved
+            save(out, args, models, (step, epoch, batch), fixed_z, log, world)
     if log:
         log.close()
     if world > 1:
         dist.destroy_process_group()
 
 
-# ---- Plumbing: data, devices and processes, stopping, checkpoints and the log, the command line ------------
-EXIF_TRANSPOSE = {2: 0, 3: 3, 4: 1, 5: 5, 6: 4, 7: 6, 8: 2}     # EXIF orientation -> the PIL transpose undoing it
+# ---- Plumbing: data, devices, processes, stopping, checkpoints, the log, the command line ----
+EXIF_TRANSPOSE = {2: 0, 3: 3, 4: 1, 5: 5, 6: 4, 7: 6, 8: 2}  # EXIF orientation -> PIL's undo
 
 
 def load_image(path, channels):
-    """An image file -> uint8 (channels, S, S), S = IMAGE_SIZE, upright as its EXIF says; raises if unreadable.
-    torchvision decodes JPEG, PNG, WebP and GIF fast; PIL the rest, or all when torchvision's decoders are gone."""
+    """A file -> uint8 (channels, S, S), S = IMAGE_SIZE, upright as its EXIF says; raises if bad."""
     try:
         if decode_image is None:
             raise RuntimeError("torchvision has no image decoders")
-        image = decode_image(path, ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY, True)  # EXIF too
+        mode = ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY
+        image = decode_image(path, mode, True)  # True: EXIF orientation
     except RuntimeError:
-        pil = torchvision.datasets.folder.pil_loader(path)      # PIL image, converted to RGB
-        orientation = pil.getexif().get(0x0112, 1)              # EXIF tag 274, 1 = upright
+        pil = torchvision.datasets.folder.pil_loader(path)  # in RGB
+        orientation = pil.getexif().get(0x0112, 1)  # 1: upright
         pil = pil.transpose(EXIF_TRANSPOSE[orientation]) if orientation in EXIF_TRANSPOSE else pil
         image = TF.pil_to_tensor(pil if channels == 3 else pil.convert("L"))
-    image = image[0] if image.dim() == 4 else image             # an animated GIF: its first frame
-    image = (image.to(torch.int32) >> 8).to(torch.uint8) if image.dtype == torch.uint16 else image  # 16-bit PNG
-    image = image[:3] if channels == 3 else TF.rgb_to_grayscale(image[:3]) if len(image) > 2 else image[:1]
-    image = TF.resize(image.expand(channels, -1, -1), [IMAGE_SIZE], antialias=True)  # shorter side -> S (detail 8)
-    return TF.center_crop(image, [IMAGE_SIZE, IMAGE_SIZE]).contiguous()  # (channels, S, S)
+    image = image[0] if image.dim() == 4 else image  # an animated GIF: its first frame
+    if image.dtype == torch.uint16:  # a 16-bit PNG
+        image = (image.to(torch.int32) >> 8).to(torch.uint8)
+    if channels == 1 and len(image) > 2:
+        image = TF.rgb_to_grayscale(image[:3])
+    image = image[:channels].expand(channels, -1, -1)  # alpha dropped
+    image = TF.resize(image, [IMAGE_SIZE], antialias=True)  # shorter side -> S (detail 8)
+    return TF.center_crop(image, [IMAGE_SIZE, IMAGE_SIZE]).contiguous()
 
 
 def find_images(root):
-    """Sorted paths of the image files below --data, at any depth (CelebA's layout, flat or class folders)."""
+    """Sorted paths of the image files at any depth below --data."""
     if not Path(root).is_dir():
-        fail(f"--data {root} " + ("is not a folder of images" if Path(root).exists() else "does not exist"))
-    paths = sorted(str(p) for p in Path(root).rglob("*") if p.suffix.lower() in SUFFIXES and p.is_file())
-    return paths or fail(f"no images in {root}; looked for {', '.join(SUFFIXES)} files in it and below it")
+        fail(f"--data {root} " + ("is not a folder" if Path(root).exists() else "does not exist"))
+    paths = (p for p in Path(root).rglob("*") if p.suffix.lower() in SUFFIXES and p.is_file())
+    return sorted(map(str, paths)) or fail(f"no images in {root} or below ({', '.join(SUFFIXES)})")
 
 
 class Photos(Dataset):
-    """This process's share of the files (torchrun: every world-th). Item i: image i, uint8 (C, S, S), the index of
-    the file skipped to get it and why (-1, ""): an unreadable file must not end a run; the next one stands in."""
+    """This process's share of the files (torchrun: every world-th). Item i: image i, the index of a
+    file skipped for it (a bad one must not end a run) and why, or (-1, "")."""
 
     def __init__(self, args, rank, world, device):
-        self.paths, self.args, self.named, self.pin = find_images(args.data), args, set(), device.type == "cuda"
+        self.paths, self.args, self.named = find_images(args.data), args, set()
+        self.pin = device.type == "cuda"
+        self.load = {"num_workers": args.workers, "worker_init_fn": ignore_signals}
         try:
             self[0]
-        except RuntimeError as e:                               # not one file decodes
+        except RuntimeError as e:
             fail(f"no readable image in {args.data}: {e}")
-        if getattr(args, "images", len(self)) != len(self):    # a resume: the run's count
-            fail(f"--data {args.data} holds {len(self)} images, not the run's {args.images}; resume on its data")
+        if getattr(args, "images", len(self)) != len(self):  # resumed: the run's
+            fail(f"--data {args.data} holds {len(self)} images, not the run's {args.images}")
         self.paths, args.images = self.paths[rank::world], len(self)
         self.cache = cache_images(self, device) if args.cache else None
         n = torch.tensor(len(self), device=device if world > 1 else "cpu")
         if world > 1:
-            dist.all_reduce(n, op=dist.ReduceOp.MIN)            # every process takes as many steps
-        self.steps = int(n) // args.batch_size or fail(f"{args.data}: {int(n)} images, fewer than one batch")
+            dist.all_reduce(n, op=dist.ReduceOp.MIN)  # as many steps in every process
+        self.steps = int(n) // args.batch_size
+        if not self.steps:
+            fail(f"{args.data}: {int(n)} images, fewer than one batch")
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, i):
         why = ""
-        for k in range(len(self)):
+        for k in range(len(self)):  # the next file stands in
+            path = self.paths[(i + k) % len(self)]
             try:
-                return load_image(self.paths[(i + k) % len(self)], self.args.channels), (i if k else -1), why
-            except Exception as e:                              # any decoding error: try the next file
+                return load_image(path, self.args.channels), (i if k else -1), why
+            except Exception as e:
                 why = why or f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
-        raise RuntimeError(f"all {len(self)} image files failed to decode (e.g. {self.paths[i]}: {why})")
+        raise RuntimeError(f"all {len(self)} files failed to decode (e.g. {self.paths[i]}: {why})")
 
     def epoch(self, epoch, start):
-        """uint8 (B, C, S, S) batches from batch `start` on, in an order from (--seed, epoch) alone (so a resume)."""
-        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(hash((self.args.seed, epoch))))
-        batches = order[:self.steps * self.args.batch_size].view(self.steps, -1)[start:]
+        """uint8 (B, C, S, S) batches from batch `start` on, ordered by (--seed, epoch)."""
+        rng = torch.Generator().manual_seed(hash((self.args.seed, epoch)))
+        order = torch.randperm(len(self), generator=rng)
+        batches = order[: self.steps * self.args.batch_size].view(self.steps, -1)[start:]
         if self.cache is not None:
             yield from (self.cache[b.to(self.cache.device)] for b in batches)
             return
-        for images, skipped, why in DataLoader(self, batch_sampler=batches.tolist(), num_workers=self.args.workers,
-                                               pin_memory=self.pin, worker_init_fn=ignore_signals):
+        loader = DataLoader(self, batch_sampler=batches.tolist(), pin_memory=self.pin, **self.load)
+        for images, skipped, why in loader:
             name_skipped(self, skipped, why)
             yield images
 
 
 def name_skipped(photos, skipped, why):
-    """Says once which files a worker could not decode, and why (skipped: a CPU tensor, no device sync)."""
+    """Names once each file a worker could not decode."""
     for i, reason in zip(skipped.tolist(), why):
         if i >= 0 and i not in photos.named:
             photos.named.add(i)
-            print(f"skipped unreadable image {photos.paths[i]} ({reason}); {len(photos.named)} so far")
+            print(f"skipped unreadable {photos.paths[i]} ({reason}); {len(photos.named)} so far")
 
 
 def cache_images(photos, device):
-    """--cache: every image decoded once into one uint8 tensor (N, C, S, S), on the GPU if it fits twice there."""
-    t, start = time.perf_counter(), 0
-    cache = torch.empty(len(photos), photos.args.channels, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)
-    for images, skipped, why in DataLoader(photos, 256, num_workers=photos.args.workers, worker_init_fn=ignore_signals):
-        cache[start:start + len(images)], start = images, start + len(images)
+    """--cache: every image decoded once, on the GPU if it fits twice."""
+    t, start, size = time.perf_counter(), 0, (photos.args.channels, IMAGE_SIZE, IMAGE_SIZE)
+    cache = torch.empty(len(photos), *size, dtype=torch.uint8)
+    for images, skipped, why in DataLoader(photos, 256, **photos.load):
+        cache[start : start + len(images)], start = images, start + len(images)
         name_skipped(photos, skipped, why)
     if device.type == "cuda" and 2 * cache.nbytes < torch.cuda.mem_get_info(device)[0]:
         cache = cache.to(device)
-    print(f"cached {len(cache)} images ({cache.nbytes / 2**20:.0f} MiB, on {cache.device.type}) in "
-          f"{time.perf_counter() - t:.1f} s", flush=True)
+    mib, seconds = cache.nbytes / 2**20, time.perf_counter() - t
+    print(f"cached {len(cache)} images ({mib:.0f} MiB, on {cache.device.type}) in {seconds:.1f} s")
     return cache
 
 
 def ignore_signals(worker_id):
-    """Workers leave Ctrl-C and SIGTERM (sent to the process group too) to the trainer, which saves, then stops them."""
+    """Ctrl-C and SIGTERM reach the workers too: the trainer stops them."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def memory_format(device):
-    """Channels-last (fastest for convolutions) on CPU and CUDA; not on MPS, where it corrupted BatchNorm gradients
-    (pytorch issue 175189) and slowed the convolution backward about 30x."""
+    """Channels-last, faster, but not on MPS: it broke BatchNorm gradients (pytorch #175189)."""
     return torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
 
 
 def pick_device(name, world=1):
     """--device (auto: cuda, then mps, then cpu), or one line why not."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    ok = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    name = next(kind for kind in ("cuda", "mps", "cpu") if ok[kind]) if name == "auto" else name
     kind, _, index = name.partition(":")
-    if kind not in ("cpu", "cuda", "mps") or index and not (kind == "cuda" and index.isdigit()):
+    if kind not in ok or index and not (kind == "cuda" and index.isdigit()):
         fail(f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)")
-    ok = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available() and world == 1}
+    ok["mps"] = ok["mps"] and world == 1
     if not ok[kind] or index and int(index) >= torch.cuda.device_count():
-        fail(f"--device {name}: not available here" + (" (torchrun runs need cuda or cpu)" if kind == "mps" else ""))
+        why = " (torchrun runs need cuda or cpu)" if kind == "mps" else ""
+        fail(f"--device {name}: not available here{why}")
     return torch.device(name)
 
 
 def setup(args):
-    """(rank, world size, device). Under torchrun (WORLD_SIZE > 1): NCCL between GPUs (LOCAL_RANK's), or gloo."""
+    """(rank, world size, device); torchrun (WORLD_SIZE > 1): NCCL between GPUs, else gloo."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and "RANK" not in os.environ:
-        fail("WORLD_SIZE is set but RANK is not: start under torchrun, or unset WORLD_SIZE")
+        fail("WORLD_SIZE is set but RANK is not: use torchrun, or unset it")
     device = pick_device(args.device, world)
-    device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if world > 1 and device.type == "cuda" else device
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     if device.type == "cuda":
-        torch.cuda.set_device(device)                           # first: with cuda:1 nothing lands on GPU 0
-    torch.backends.cudnn.benchmark = device.type == "cuda"      # fixed shapes: cuDNN picks its fastest kernels
+        torch.cuda.set_device(device)  # first: nothing lands on GPU 0
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed shapes: fastest kernels
     if world > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return (dist.get_rank() if world > 1 else 0), world, device
 
 
 def wrap(G, D, args, world):
-    """(G, D, D without DDP for the G step), compiled with --compile. Under torchrun DDP averages the gradients;
-    BatchNorm keeps per-process statistics, as on the paper's one GPU. D's running statistics are never used (and
-    broadcasting them changes in place a tensor D's first pass saved: an error in torch 2.5)."""
-    nets = (DistributedDataParallel(G), DistributedDataParallel(D, broadcast_buffers=False)) if world > 1 else (G, D)
-    return tuple(torch.compile(net, backend=args.compile) if args.compile else net for net in (*nets, D))
+    """(G, D, D without DDP), compiled with --compile; DDP averages gradients, BatchNorm statistics
+    stay per process (D's are not broadcast: that broke its backward)."""
+    nets = (G, D)
+    if world > 1:
+        nets = (DistributedDataParallel(G), DistributedDataParallel(D, broadcast_buffers=False))
+    return tuple(torch.compile(n, backend=args.compile) if args.compile else n for n in (*nets, D))
 
 
 def amp_dtype(args, device, rank=0, world=1):
-    """--amp's autocast dtype (None: float32), said in one line. CUDA: bfloat16 from Ampere (compute capability 8)
-    on, float16 with the gradient scaler before (T4, V100: their bfloat16 is emulated). CPU: bfloat16 only where
-    it is faster, which the CPU's flags do not tell (with avx512_bf16 it was 1.6x faster on an AMD EPYC and 1.4-1.9x
-    slower on an Intel Xeon), so training with --amp first times a step in each; --amp bf16 forces bfloat16."""
+    """--amp's autocast dtype (None: float32): bfloat16, or float16 before Ampere; on a CPU only if
+    5% faster (1.6x faster on an AMD EPYC, 1.4x slower on an Intel Xeon)."""
     if args.amp and device.type == "mps":
         fail("--amp needs a cpu or cuda device, not mps")
-    half = args.amp == "fp16" or args.amp == "auto" and device.type == "cuda" and (
-        torch.cuda.get_device_capability(device)[0] < 8)
+    old = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] < 8
+    half = args.amp == "fp16" or args.amp == "auto" and old
     dtype = (torch.float16 if half else torch.bfloat16) if args.amp else None
     said = "float16 autocast with a gradient scaler" if half else "bfloat16 autocast"
     if args.amp == "auto" and device.type == "cpu" and not args.generate:
         seconds = torch.tensor([step_seconds(args, device, d) for d in (None, torch.bfloat16)])
         if world > 1:
-            dist.all_reduce(seconds)                            # every process decides alike
+            dist.all_reduce(seconds)  # all decide alike
         fast, ratio = seconds[1] < 0.95 * seconds[0], (seconds.max() / seconds.min()).item()
         dtype, said = (torch.bfloat16, said) if fast else (None, "float32")
-        said = f"bfloat16 is {ratio:.1f}x {'faster' if fast else 'slower'} than float32 here; training in {said}"
+        speed = "faster" if fast else "slower"
+        said = f"bfloat16 is {ratio:.1f}x {speed} than float32 here; training in {said}"
     if args.amp and rank == 0:
         print(f"--amp: {said}", flush=True)
     return dtype
 
 
 def step_seconds(args, device, dtype):
-    """Seconds of a train_step in dtype (None: float32) on new networks and random images, the best of two after a
-    warm-up: how --amp on a CPU compares float32 and bfloat16 (bfloat16 must be 5% faster to be chosen)."""
+    """Seconds of a train_step in dtype (None: float32) on random images, the best of two."""
     G, D, opt_G, opt_D = build(args, device)
     x = torch.rand(args.batch_size, args.channels, IMAGE_SIZE, IMAGE_SIZE, device=device) * 2 - 1
     x, z = x.contiguous(memory_format=memory_format(device)), noise(args.batch_size, args, device)
     amp = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
-    times = []
+    scaler, times = torch.amp.GradScaler(device.type, enabled=False), []
     for _ in range(3):
         t = time.perf_counter()
-        train_step(G, D, D, opt_G, opt_D, x, z, amp, torch.amp.GradScaler(device.type, enabled=False))
+        train_step(G, D, D, opt_G, opt_D, x, z, amp, scaler)
         times.append(time.perf_counter() - t)
     return min(times[1:])
 
 
 class Stopper:
-    """Ctrl-C and SIGTERM (kill, schedulers, torchrun) end the run after a step, saved, exit 0. A repeat within a
-    second is the same request; a later one stops at once. NaN or infinite losses end it in one line, the last good
-    checkpoint kept: found by RunLog.flush, or under torchrun by the stop flag all processes agree on."""
+    """Ctrl-C and SIGTERM end the run after the step, saved, exit 0; a repeat within a second is the
+    same request, a later one stops at once."""
 
     def __enter__(self):
         self.asked, self.pending = None, []
@@ -447,16 +476,17 @@ class Stopper:
         self.asked = self.asked or time.monotonic()
 
     def check(self, stats, step, world):
-        """After each step: stop now? Alone: a Python flag, no host sync. Under torchrun: each step's flag (2: loss
-        not finite, 1: stop asked) is all-reduced during the next step and read after it."""
+        """Stop? Alone: the Python flag, no host sync (RunLog.flush finds NaN). Under torchrun each
+        step's flag (2: NaN, 1: stop) is all-reduced during the next step and read after it."""
         if world == 1:
             return bool(self.asked)
         flag = (~stats.isfinite().all()) * 2.0 + bool(self.asked)
-        self.pending.append((flag, dist.all_reduce(flag, op=dist.ReduceOp.MAX, async_op=True), step))
+        work = dist.all_reduce(flag, op=dist.ReduceOp.MAX, async_op=True)
+        self.pending.append((flag, work, step))
         return len(self.pending) > 1 and self.read()
 
     def read(self):
-        """The oldest flag not yet read (False if none): stop? NaN: one line, exit 1."""
+        """The oldest flag (False if none): stop? NaN: one line, exit 1."""
         if not self.pending:
             return False
         flag, work, step = self.pending.pop(0)
@@ -471,89 +501,99 @@ class Stopper:
 
 
 def save(out, args, models, where, fixed_z, log, world):
-    """checkpoint.pt first (torchrun kills 30 s after a stop), atomically; then the grid; at an epoch end a copy."""
-    if not log:                                                 # process 0 saves
+    """Process 0's: checkpoint.pt first (torchrun kills 30 s after a stop), atomically; the grid; at
+    an epoch's end a copy."""
+    if not log:
         return
-    (G, D, opt_G, opt_D, scaler), (step, epoch, batch) = models, where
-    log.flush()                                                 # and NaN checked: no NaN reaches a checkpoint
+    (step, epoch, batch), G = where, models[0]
+    log.flush()  # NaN checked
+    ckpt = {k: m.state_dict() for k, m in zip(PARTS, models)}
+    ckpt |= {"script": SCRIPT, "args": vars(args), "step": step, "epoch": epoch, "batch": batch}
+    ckpt |= {"world": world, "fixed_z": fixed_z, "time": time.perf_counter() - log.t0}
+    ckpt["log_bytes"] = log.file.tell()
     try:
-        torch.save({"script": SCRIPT, "args": vars(args), "G": G.state_dict(), "D": D.state_dict(), "step": step,
-                    "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(), "scaler": scaler.state_dict(),
-                    "epoch": epoch, "batch": batch, "world": world, "fixed_z": fixed_z,
-                    "time": time.perf_counter() - log.t0, "log_bytes": log.file.tell()}, out / "checkpoint.tmp")
-    except RuntimeError as e:                                   # torch.save's error when the disk is full
+        torch.save(ckpt, out / "checkpoint.tmp")
+    except RuntimeError as e:  # a full disk
         (out / "checkpoint.tmp").unlink(missing_ok=True)
-        fail(f"cannot write a checkpoint in {out} ({str(e)[:60]}: a full disk?); the last one is kept")
-    os.replace(out / "checkpoint.tmp", out / "checkpoint.pt")   # a kill never leaves half a checkpoint
-    grid = (sample(G, fixed_z.to(next(G.parameters()).device)).float() + 1) / 2  # (64, C, S, S) in [0, 1]
+        fail(f"cannot write a checkpoint in {out} ({str(e)[:60]}: disk full?); the last is kept")
+    os.replace(out / "checkpoint.tmp", out / "checkpoint.pt")
+    grid = (sample(G, fixed_z.to(next(G.parameters()).device)).float() + 1) / 2  # (64, C, S, S)
     (out / "samples").mkdir(exist_ok=True)
     save_image(grid, out / "samples" / f"epoch_{epoch + (batch > 0):04d}.png", nrow=8)
     if batch == 0:
         (out / "checkpoints").mkdir(exist_ok=True)
         shutil.copyfile(out / "checkpoint.pt", out / "checkpoints" / f"epoch_{epoch:04d}.pt")
-        for path in (out / "checkpoints").glob("epoch_[0-9][0-9][0-9][0-9].pt"):  # the last KEEP_EPOCHS
-            if not epoch - KEEP_EPOCHS < int(path.stem[6:]) <= epoch:  # later ones: from before a roll-back
+        for path in (out / "checkpoints").glob("epoch_[0-9][0-9][0-9][0-9].pt"):
+            if not epoch - KEEP_EPOCHS < int(path.stem[6:]) <= epoch:  # later: rolled back
                 path.unlink()
 
 
 def sample(G, z):
-    """G(z) without gradients; BatchNorm in train mode (eval mode's samples are flat early on), on copied statistics."""
+    """G(z), no gradients; BatchNorm in train mode (eval's samples are flat early on), on copies."""
     with torch.no_grad():
-        return torch.func.functional_call(G.train(), {k: b.clone() for k, b in G.named_buffers()}, (z,))
+        buffers = {k: b.clone() for k, b in G.named_buffers()}
+        return torch.func.functional_call(G.train(), buffers, z)
 
 
 @contextlib.contextmanager
 def hold(out):
-    """Locks out/lock while this process trains (process 0 under torchrun), so that a second one training into
-    --out refuses in one line. The OS frees the lock when the process ends, a crash included."""
+    """Locks out/lock while training (process 0's): a second process refuses in one line."""
     if out.is_file():
         fail(f"--out {out} is a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "lock", "w") as lock:
         try:
-            fcntl and os.environ.get("RANK", "0") == "0" and fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if fcntl and os.environ.get("RANK", "0") == "0":
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            fail(f"another process is training into {out}; wait for it to end, or pick another --out")
+            fail(
+                f"another process is training into {out}; wait for it to end, or pick another --out"
+            )
         yield
 
 
 def load_checkpoint(path, device):
     """A checkpoint of this script, or one line why not."""
     if not path.is_file():
-        fail(f"no checkpoint at {path} (train first, or point --out at a run folder)")
+        fail(f"no checkpoint at {path} (train first, or pick --out)")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:
-        fail(f"cannot read checkpoint {path}: it is damaged or not a checkpoint ({type(e).__name__})")
+        fail(f"cannot read {path}: damaged, or not a checkpoint ({type(e).__name__})")
     owner = ckpt.get("script") if isinstance(ckpt, dict) else None
-    return ckpt if owner == SCRIPT else fail(f"{path} is not a checkpoint of {SCRIPT}.py" + (
-        f" but of {owner}.py" if isinstance(owner, str) else ""))
+    if owner != SCRIPT:
+        but = f" but of {owner}.py" if isinstance(owner, str) else ""
+        fail(f"{path} is not a checkpoint of {SCRIPT}.py{but}")
+    return ckpt
 
 
 def open_run(args, device, rank=0, world=1):
-    """A new run (None) into a folder with no part of one (RUN_PARTS), or the checkpoint to go on from: --out's, or
-    --resume PATH of the same run (e.g. its checkpoints/epoch_0007.pt), with the run's flags put back into args."""
-    out = Path(args.out)
+    """None for a new run (no RUN_PARTS in --out), or the checkpoint to go on from, its flags put
+    into args: any given must match, but CHANGEABLE."""
+    out, here = Path(args.out), Path(args.out) / "checkpoint.pt"
     if not args.resume and not args.generate:
-        held = [name for name in RUN_PARTS if (out / name).is_file() or any((out / name).glob("*"))]
+        held = ", ".join(n for n in RUN_PARTS if (out / n).is_file() or any((out / n).glob("*")))
         if held and rank == 0:
-            fail(f"--out {out} already holds a run ({', '.join(held)}): continue it with --resume, or pick "
-                 "another --out")
-        args.run = os.urandom(8).hex()                          # the run's name in its checkpoints
+            fail(f"--out {out} already holds a run ({held}): --resume it, or pick another --out")
+        args.run = os.urandom(8).hex()  # the run's name
         return None
-    path = out / "checkpoint.pt" if args.resume in (None, True) else Path(args.resume)
+    path = here if args.resume in (None, True) else Path(args.resume)
     ckpt = load_checkpoint(path, device)
-    here = out / "checkpoint.pt"
-    if path != here and (not here.is_file() or load_checkpoint(here, "cpu")["args"].get("run") != ckpt["args"].get(
-            "run")):
-        fail(f"{path} is not a checkpoint of the run in {out}: --resume PATH goes on in PATH's own run folder")
-    for flag, then in ckpt["args"].items():                     # the run's flags, unless given and changeable
-        if flag in THIS_COMMAND or flag in args.given and flag in CHANGEABLE + ("seed", "batch_size") * (
-                args.generate is not None):                     # --generate's z: from its own --seed
+    run = ckpt["args"].get("run")
+    if path != here and (
+        not here.is_file() or load_checkpoint(here, "cpu")["args"].get("run") != run
+    ):
+        fail(f"{path} is not a checkpoint of the run in {out}: resume it in its own run folder")
+    changeable = CHANGEABLE + ("seed", "batch_size") * (args.generate is not None)  # z: its own
+    for flag, then in ckpt["args"].items():
+        if flag in THIS_COMMAND or flag in args.given and flag in changeable:
             continue
         if flag in args.given and getattr(args, flag) != then:
-            fail(f"{path} was trained with --{flag.replace('_', '-')} {then}, not {getattr(args, flag)}; "
-                 "leave the flag out to go on with the run's")
+            now, flag = getattr(args, flag), flag.replace("_", "-")
+            fail(
+                f"{path} was trained with --{flag} {then}, not {now}; leave the flag out to go on "
+                "with the run's"
+            )
         setattr(args, flag, then)
     if not args.generate and ckpt["world"] != world:
         fail(f"{path} was trained by {ckpt['world']} process(es), not {world}; resume with as many")
@@ -561,30 +601,36 @@ def open_run(args, device, rank=0, world=1):
 
 
 def restore(parts, ckpt):
-    """Loads each part's state from the checkpoint, or one line when the networks do not fit it."""
+    """Loads each part's state, or one line if the networks do not fit the checkpoint."""
     try:
         for part, key in parts:
-            part.load_state_dict(ckpt[key])
+            part.load_state_dict(ckpt[key] or part.state_dict())  # {}: a disabled scaler's
     except (KeyError, RuntimeError, ValueError) as e:
-        fail(f"the checkpoint does not fit {SCRIPT}.py's networks (an older version's?): {' '.join(str(e).split())[:150]}")
+        why = " ".join(str(e).split())[:150]
+        fail(f"the checkpoint does not fit {SCRIPT}.py's networks: {why}")
 
 
 class RunLog:
-    """log.csv, a row a step, and a progress line every --log-every seconds (process 0): the stats stay on the
-    device until then, one host sync a line. On resume log.csv is first cut back to its length at the checkpoint."""
+    """log.csv, a row a step, and a line every --log-every seconds; the stats stay on the device
+    until then: one host sync a line (torchrun's Stopper adds one a step)."""
 
     def __init__(self, path, args, step, last, ckpt, world):
-        if ckpt:                                                # its rows must end with the checkpoint's step
-            head = path.read_bytes()[:ckpt["log_bytes"]] if path.is_file() else b""
-            if len(head) < ckpt["log_bytes"] or not head.endswith(b"\n") or not head.splitlines()[-1].startswith(
-                    f"{step},".encode()):
-                fail(f"{path} does not hold the rows to step {step} of this checkpoint (rolled back past it?)")
-            os.truncate(path, ckpt["log_bytes"])                # the rows a killed run wrote after its checkpoint
+        if ckpt:
+            size = ckpt["log_bytes"]
+            head = path.read_bytes()[:size] if path.is_file() else b""
+            rows = head.splitlines() if len(head) == size and head.endswith(b"\n") else [b""]
+            if not rows[-1].startswith(f"{step},".encode()):
+                fail(
+                    f"{path} does not hold the rows to step {step} of this checkpoint (rolled back "
+                    "past it?)"
+                )
+            os.truncate(path, size)
         self.file = open(path, "a" if ckpt else "w")
         self.file.write("" if ckpt else "step,epoch,time,loss_d,loss_g,d_real,d_fake\n")
-        self.args, self.first, self.step, self.last, self.images = args, step, step, last, args.batch_size * world
-        self.t0 = time.perf_counter() - (ckpt["time"] if ckpt else 0.0)  # the run's clock, across resumes
-        self.t_first, self.t_line, self.rows, self.d_fake = time.perf_counter(), time.perf_counter(), [], []
+        self.args, self.first, self.step, self.last = args, step, step, last
+        self.images, self.rows, self.d_fake = args.batch_size * world, [], []
+        self.t0 = time.perf_counter() - (ckpt["time"] if ckpt else 0.0)  # the run's clock
+        self.t_first = self.t_line = time.perf_counter()
 
     def record(self, step, epoch, stats):
         self.rows.append((step, epoch, time.perf_counter() - self.t0, stats))
@@ -595,18 +641,25 @@ class RunLog:
         if not self.rows:
             return
         values = torch.stack([row[3] for row in self.rows]).tolist()  # the one host sync
-        self.file.writelines(f"{step},{epoch},{t:.3f}," + ",".join(f"{v:.5f}" for v in row) + "\n"
-                             for (step, epoch, t, _), row in zip(self.rows, values))
+        for (step, epoch, t, _), row in zip(self.rows, values):
+            self.file.write(f"{step},{epoch},{t:.3f}," + ",".join(f"{v:.5f}" for v in row) + "\n")
         self.file.flush()
         (self.step, epoch, *_), (loss_d, loss_g, d_real, d_fake) = self.rows[-1], values[-1]
-        if not math.isfinite(sum(map(sum, values))):           # the last good checkpoint stays
-            fail(f"losses became NaN or infinite by step {self.step}; the last good checkpoint is kept in "
-                 f"{Path(self.file.name).parent}")
-        steps_per_s = (self.step - self.first) / (time.perf_counter() - self.t_first)
-        print(f"epoch {epoch}/{self.args.epochs} step {self.step}/{self.last} | loss D {loss_d:.3f} G {loss_g:.3f} | "
-              f"D(x) {d_real:.2f} D(G(z)) {d_fake:.2f} | {steps_per_s * self.images:.0f} img/s | "
-              f"{(self.last - self.step) / steps_per_s / 60:.1f} min left", flush=True)
-        if self.d_fake is not None:                             # None once the warning is said
+        if not math.isfinite(sum(map(sum, values))):
+            out = Path(self.file.name).parent
+            fail(
+                f"losses became NaN or infinite by step {self.step}; the last good checkpoint is "
+                f"kept in {out}"
+            )
+        rate = (self.step - self.first) / (time.perf_counter() - self.t_first)  # steps/s
+        left = (self.last - self.step) / rate / 60
+        print(
+            f"epoch {epoch}/{self.args.epochs} step {self.step}/{self.last} | loss D {loss_d:.3f} "
+            f"G {loss_g:.3f} | D(x) {d_real:.2f} D(G(z)) {d_fake:.2f} | {rate * self.images:.0f} "
+            f"img/s | {left:.1f} min left",
+            flush=True,
+        )
+        if self.d_fake is not None:  # None: warned
             self.d_fake = warn_if_d_wins(self.d_fake + [row[3] for row in values], self.step)
         self.rows, self.t_line = [], time.perf_counter()
 
@@ -614,37 +667,42 @@ class RunLog:
         self.flush()
         self.file.close()
         steps, seconds = self.step - self.first, time.perf_counter() - self.t_first
-        print(f"trained {steps} steps in {seconds:.1f} s ({steps * self.images / seconds:.0f} images/s); run folder "
-              f"{Path(self.file.name).parent}", flush=True)
+        out, rate = Path(self.file.name).parent, steps * self.images / seconds
+        print(f"trained {steps} steps in {seconds:.1f} s ({rate:.0f} images/s); run folder {out}")
 
 
 def warn_if_d_wins(d_fake, step):
-    """One line, once a run, when D has won: D(G(z)) averaged below D_WINS_BELOW over D_WINS_STEPS steps at a step
-    from D_WINS_FROM on. On benchmarks/failure_rate.py's 64x64 digits the runs that came that low stayed grey noise,
-    and no run that learned did. Returns the D(G(z)) history to keep, or None once said."""
-    if step < D_WINS_FROM or len(d_fake) < D_WINS_STEPS or sum(d_fake[-D_WINS_STEPS:]) / D_WINS_STEPS >= D_WINS_BELOW:
-        return d_fake[-D_WINS_STEPS:]
-    print(f"warning: D has won: D(G(z)) averaged below {D_WINS_BELOW} over {D_WINS_STEPS} steps to step {step}; such "
-          "runs rarely recover: restart with another --seed (see the README's 'When training goes wrong')", flush=True)
+    """Warns once when D(G(z)) averaged below D_WINS_BELOW over D_WINS_STEPS steps, from step
+    D_WINS_FROM on. Returns the history to keep, or None."""
+    recent = d_fake[-D_WINS_STEPS:]
+    mean = sum(recent) / D_WINS_STEPS
+    if step < D_WINS_FROM or len(recent) < D_WINS_STEPS or mean >= D_WINS_BELOW:
+        return recent
+    print(
+        f"warning: D has won: D(G(z)) averaged below {D_WINS_BELOW} over {D_WINS_STEPS} steps to "
+        f"step {step}; such runs rarely recover: restart with another --seed (README)",
+        flush=True,
+    )
 
 
 def generate(args):
-    """--generate N: exactly N PNGs in --out/generated/ (as FID tools expect: earlier ones are removed) and a grid,
-    chunk by chunk, from --out's checkpoint or --resume PATH; z from --seed. A stop says what it wrote."""
+    """--generate N: exactly N PNGs in --out/generated/ (earlier ones removed) and a grid; a stop
+    says what it wrote."""
     device, out = setup(args)[2], Path(args.out)
-    ckpt = open_run(args, device)                               # the run's network flags, into args
+    ckpt = open_run(args, device)  # the run's flags, into args
     G, folder, written = build(args, device)[0], out / "generated", 0
-    restore(((G, "G"),), ckpt)
+    restore([(G, "G")], ckpt)
     dtype, rng, seconds = amp_dtype(args, device), torch.Generator().manual_seed(args.seed), 0.0
+    chunk, n = max(64, args.batch_size), args.generate
     folder.mkdir(parents=True, exist_ok=True)
     for path in folder.glob("*.png"):
         path.unlink()
-    signal.signal(signal.SIGTERM, signal.default_int_handler)   # a stop, as Ctrl-C: KeyboardInterrupt
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a stop, as Ctrl-C
     try:
-        for start in range(0, args.generate, max(64, args.batch_size)):  # chunks of 64 at least: see sample()
-            z, t = noise(max(64, args.batch_size), args, device, rng), time.perf_counter()
+        for start in range(0, n, chunk):
+            z, t = noise(chunk, args, device, rng), time.perf_counter()
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                images = ((sample(G, z).float() + 1) / 2).clamp_(0, 1)[:args.generate - start].cpu()
+                images = ((sample(G, z).float() + 1) / 2).clamp_(0, 1)[: n - start].cpu()
             seconds += time.perf_counter() - t
             for image in images:
                 save_image(image, folder / f"{written:06d}.png")
@@ -652,10 +710,13 @@ def generate(args):
             if start == 0:
                 save_image(images[:64], out / "generated_grid.png", nrow=8)
     except KeyboardInterrupt:
-        (folder / f"{written:06d}.png").unlink(missing_ok=True)  # half written, if any
-        fail(f"stopped: {written} of {args.generate} images written to {folder}")
-    print(f"wrote {args.generate} images to {folder} and a grid of the first {min(64, args.generate)} to "
-          f"{out / 'generated_grid.png'} (G: {args.generate / seconds:.0f} images/s)")
+        (folder / f"{written:06d}.png").unlink(missing_ok=True)  # half written?
+        fail(f"stopped: {written} of {n} images written to {folder}")
+    grid = out / "generated_grid.png"
+    print(
+        f"wrote {n} images to {folder} and a grid of the first {min(64, n)} to {grid} "
+        f"(G: {n / seconds:.0f} images/s)"
+    )
 
 
 def fail(message):
@@ -664,43 +725,49 @@ def fail(message):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", default="./data", help="folder of images, searched recursively (e.g. ./celeba)")
-    p.add_argument("--epochs", type=int, default=5, help="train until the end of this epoch")
-    p.add_argument("--batch-size", type=int, default=128, help="images per step (per process under torchrun)")
-    p.add_argument("--lr", type=float, default=2e-4, help="D's Adam learning rate (the paper's, for G and D)")
-    p.add_argument("--lr-g", type=float, default=4e-4, help="G's: twice D's (detail 10); 2e-4 the paper's recipe")
-    p.add_argument("--z-dim", type=int, default=100, help="size of the noise vector z")
-    p.add_argument("--ngf", type=int, default=8, help="G's last hidden width: 8 the tables' (the first is 64 times it)")
-    p.add_argument("--ndf", type=int, default=8, help="D's first width: 8 the tables' (the last is 32 times it)")
-    p.add_argument("--g-act", choices=["relu", "leaky"], default="relu", help="G's activations (leaky: the table's)")
-    p.add_argument("--d-bn", action="store_true", help="BatchNorm in D's hidden blocks, as the table has")
-    p.add_argument("--channels", type=int, choices=[1, 3], default=3, help="3 for colour, 1 for grayscale")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="image decoding processes")
-    p.add_argument("--cache", action="store_true", help="decode every image once into memory (GPU memory if it fits)")
-    p.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND", help="torch.compile G and D")
-    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
-    p.add_argument("--seed", type=int, default=0, help="initial weights, noise and data order all come from it")
-    p.add_argument("--out", default=f"runs/{SCRIPT}", help="run folder")
-    p.add_argument("--max-steps", type=int, help="stop when the run's total step count reaches this")
-    p.add_argument("--resume", nargs="?", const=True, metavar="CKPT", help="continue the run in --out, or from CKPT")
-    p.add_argument("--generate", type=int, metavar="N", help="write N images from --out/checkpoint.pt, no training")
-    p.add_argument("--amp", nargs="?", const="auto", choices=["auto", "bf16", "fp16"], help="bf16, fp16 before Ampere")
-    p.add_argument("--log-every", type=float, default=5.0, help="seconds between progress lines")
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    add = p.add_argument
+    add("--data", default="./data", help="folder of images (at any depth)")
+    add("--epochs", type=int, default=5, help="train until the end of this epoch")
+    add("--batch-size", type=int, default=128, help="images per step and process")
+    add("--lr", type=float, default=2e-4, help="D's learning rate")
+    add("--lr-g", type=float, default=4e-4, help="G's (detail 10)")
+    add("--z-dim", type=int, default=100, help="size of z")
+    add("--ngf", type=int, default=8, help="G's last hidden width (the first: 64x)")
+    add("--ndf", type=int, default=8, help="D's first width (the last: 32x)")
+    act = "G's hidden activation: relu (the paper's) or leaky (the table's); Tanh kept"
+    add("--g-act", choices=["relu", "leaky"], default="relu", help=act)
+    add("--d-bn", action="store_true", help="BatchNorm in D's hidden blocks, as the table has")
+    add("--channels", type=int, choices=[1, 3], default=3, help="3 for colour, 1 for grey")
+    add("--workers", type=int, default=min(4, os.cpu_count() or 1), help="decoding processes")
+    add("--cache", action="store_true", help="decode the images once, into (GPU) memory")
+    add("--compile", nargs="?", const="inductor", metavar="BACKEND", help="torch.compile G and D")
+    add("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    add("--seed", type=int, default=0, help="of weights, noise and data order")
+    add("--out", default=f"runs/{SCRIPT}", help="run folder")
+    add("--max-steps", type=int, help="stop at this step of the run")
+    add("--resume", nargs="?", const=True, metavar="CKPT", help="go on with --out's run, or CKPT")
+    add("--generate", type=int, metavar="N", help="write N images")
+    amp = "auto: bf16 where faster, fp16 before Ampere"
+    add("--amp", nargs="?", const="auto", choices=["auto", "bf16", "fp16"], help=amp)
+    add("--log-every", type=float, default=5.0, help="seconds between lines")
     args = p.parse_args(argv)
-    unset = argparse.Namespace(**dict.fromkeys(vars(args)))     # no defaults: what the command line gave
-    args.given = [flag for flag, value in vars(p.parse_args(argv, unset)).items() if value is not None]
-    for flag in ("epochs", "batch_size", "lr", "lr_g", "z_dim", "ngf", "ndf", "max_steps", "generate", "log_every"):
+    unset = argparse.Namespace(**dict.fromkeys(vars(args)))  # no defaults: what was typed
+    args.given = [k for k, value in vars(p.parse_args(argv, unset)).items() if value is not None]
+    for flag in "epochs batch_size lr lr_g z_dim ngf ndf max_steps generate log_every".split():
         if getattr(args, flag) is not None and not getattr(args, flag) > 0:  # NaN too
             fail(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
     if not 0 <= args.seed < 2**63 or args.workers < 0:
-        fail(f"--seed must be in [0, 2**63) and --workers 0 or more, got {args.seed} and {args.workers}")
+        fail(f"--seed must be in [0, 2**63), --workers >= 0: got {args.seed}, {args.workers}")
     if args.compile and args.compile not in torch.compiler.list_backends(exclude_tags=()):
-        fail(f"--compile {args.compile}: not a torch.compile backend ({', '.join(torch.compiler.list_backends())})")
-    if args.compile == "inductor" and not any(map(shutil.which, (os.environ.get("CXX", "g++"), "clang++"))):
-        fail("--compile needs a C++ compiler (g++, clang++ or $CXX) for inductor; try --compile aot_eager")
+        known = ", ".join(torch.compiler.list_backends())
+        fail(f"--compile {args.compile}: not a torch.compile backend ({known})")
+    compilers = (os.getenv("CXX", "g++"), "clang++")
+    if args.compile == "inductor" and not any(map(shutil.which, compilers)):
+        fail("--compile needs a C++ compiler (g++, clang++ or $CXX); try --compile aot_eager")
     return args
+
 
 def main(argv=None):
     args = parse_args(argv)
@@ -708,9 +775,9 @@ def main(argv=None):
         if args.generate:
             generate(args)
         else:
-            with hold(Path(args.out)):                          # one training process per run folder
+            with hold(Path(args.out)):
                 train(args)
-    except OSError as e:                                        # a path the OS refuses, a full disk, ...
+    except OSError as e:  # a path the OS refuses, a full disk
         fail(f"{e.strerror or e}: {e.filename or args.out}")
 
 

@@ -1,12 +1,11 @@
-"""DCGAN at 256x256 on any folder of photos, on a CPU, a GPU or torchrun's.
+"""DCGAN at 256x256 on a folder of photos, on a CPU, a GPU or torchrun's.
 
 Paper: Radford, Metz & Chintala 2015, "Unsupervised Representation Learning with Deep Convolutional
 Generative Adversarial Networks" (DCGAN), arXiv:1511.06434; the game: Goodfellow et al. 2014,
 arXiv:1406.2661. Networks (in the README): the 256x256 tables of a DCGAN-on-faces project built on
 the PyTorch DCGAN tutorial: the paper's recipe grown by three up-sampling layers, a max-pooling D.
 
-    python dcgan256.py --data ./celeba  # into --out; then --resume, or --generate N images
-    torchrun --standalone --nproc_per_node 4 dcgan256.py --data ./celeba  # on 4 GPUs
+    python dcgan256.py --data ./celeba  # then --resume, --generate N; torchrun: on many GPUs
 
 Implementation details (sections of the DCGAN paper unless said otherwise):
  1. The minimax game V(D, G) = E_x[log D(x)] + E_z[log(1 - D(G(z)))] (Goodfellow eq. 1): one D step,
@@ -31,7 +30,7 @@ Implementation details (sections of the DCGAN paper unless said otherwise):
 10. Adam, beta1 0.5 ("0.9 resulted in training oscillation and instability", section 4). D's lr is
     the paper's 0.0002, G's twice that (two time-scales, Heusel et al. 2017, arXiv:1706.08500), as
     in dcgan64.py, where it stopped some seeds' deaths at the start (README). --lr-g 2e-4: the
-    paper's.
+    paper's recipe.
 """
 
 import argparse, contextlib, math, os, shutil, signal, time  # noqa: E401
@@ -52,28 +51,26 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as TF
 from torchvision.utils import save_image
 
-try:  # deprecated since torchvision 0.29; PIL once gone
+try:  # deprecated in torchvision 0.29; PIL once gone
     from torchvision.io import ImageReadMode, decode_image
 except ImportError:
     decode_image = None
 
 SCRIPT = Path(__file__).stem
-# The networks' size, not a knob: for twice (half) the size add (remove) a stride-2 block (4x4
-# transposed convolution, BatchNorm, activation) in G, keeping its first 4x4 layer (1x1 -> 4x4), and
-# a convolution + max-pool block in D, setting the Linear's input to the last block's output size;
-# pytorch/examples issues #70 and #1278 ask for it.
+# The networks' size, not a knob: for twice (half) the size add (remove) a stride-2 block in G
+# (4x4 transposed conv, BatchNorm, activation; its first 4x4 layer stays) and a conv + max-pool
+# block in D, sizing the Linear to the last block's output (pytorch/examples #70 and #1278 ask).
 IMAGE_SIZE = 256
-SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")  # the files read
+SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 D_WINS_STEPS, D_WINS_BELOW, D_WINS_FROM = 20, 0.02, 100  # warn_if_d_wins's rule
 KEEP_EPOCHS = 3  # epoch checkpoints kept
 PARTS = ("G", "D", "opt_G", "opt_D", "scaler")  # in a checkpoint
 RUN_PARTS = ("checkpoint.pt", "checkpoints", "log.csv", "samples", "real.png")  # a run's folder
-CHANGEABLE = ("epochs", "lr", "lr_g", "data")  # flags a resume may change
-# Flags never taken from a checkpoint:
+CHANGEABLE = ("epochs", "lr", "lr_g", "data")  # a resume may change them; never THIS_COMMAND's:
 THIS_COMMAND = "out resume generate max_steps device workers cache compile log_every given".split()
 
 
-# ---- Networks (the 256x256 tables: figure 1 grown by 3 layers). B: batch size, C: --channels ----
+# ---- Networks (the 256x256 tables). B: the batch size, C: --channels ----
 class Generator(nn.Sequential):
     """z (B, z_dim, 1, 1) -> image (B, C, 256, 256), shapes for --ngf 8. 4x4 transposed
     convolutions: stride 1, no padding: 1x1 to 4x4; stride 2, padding 1: twice the size; no bias
@@ -113,7 +110,7 @@ class Discriminator(nn.Sequential):
     convolutions without padding (size - 2; block 2's with padding 1), 2x2 max-pooling (size // 2).
     bn: the table's BatchNorm in blocks 2-6 (--d-bn), off by default (detail 5): over an all-fake
     batch it cancels any change of G's that moves a channel's mean, such as the dark background G
-    must learn first. The table's Sigmoid is in the loss."""
+    must learn first."""
 
     def __init__(self, ndf=8, channels=3, bn=False):
         norm = nn.BatchNorm2d if bn else (lambda width: nn.Identity())
@@ -121,7 +118,7 @@ class Discriminator(nn.Sequential):
             nn.Conv2d(channels, ndf, 3, 1, 0),  # (B, 8, 254, 254), no BatchNorm (detail 5)
             nn.LeakyReLU(0.2, inplace=True),  # (B, 8, 254, 254)
             nn.MaxPool2d(2),  # (B, 8, 127, 127)
-            nn.Conv2d(ndf, ndf * 2, 3, 1, 1, bias=not bn),  # (B, 16, 127, 127): padding 1 here
+            nn.Conv2d(ndf, ndf * 2, 3, 1, 1, bias=not bn),  # (B, 16, 127, 127)
             norm(ndf * 2),  # (B, 16, 127, 127)
             nn.LeakyReLU(0.2, inplace=True),  # (B, 16, 127, 127)
             nn.MaxPool2d(2),  # (B, 16, 63, 63)
@@ -160,7 +157,7 @@ def init_weights(module):
 def noise(n, args, device, rng=None):
     """n samples of z ~ N(0, I), as 1x1 images (n, z_dim, 1, 1). Departure: the paper draws z
     uniform (figure 1); we follow the PyTorch DCGAN tutorial. Drawn on the CPU (rng: a CPU
-    generator): a seed gives the same z on every device."""
+    generator): the same z on every device."""
     pin = torch.device(device).type == "cuda"
     z = torch.randn(n, args.z_dim, 1, 1, generator=rng, pin_memory=pin)
     return z.to(device, non_blocking=pin)
@@ -177,9 +174,9 @@ def build(args, device):
 
 # ---- Losses and one iteration of Algorithm 1 ----
 def train_step(G, D, D_frozen, opt_G, opt_D, x, z, amp, scaler):
-    """One iteration of Algorithm 1 (k = 1) on real x (B, C, 256, 256) and noise z. G, D: maybe
-    wrapped (DDP, torch.compile); D_frozen: D without DDP, which would wait for D's gradients in the
-    G step. amp: autocast; scaler: float16's. Returns (4,): loss_d, loss_g, D(x), D(G(z))."""
+    """One iteration of Algorithm 1 (k = 1) on real x (B, C, 256, 256) and noise z; G, D maybe
+    wrapped (DDP, torch.compile). D_frozen: D without DDP, which would wait for D's gradients in the
+    G step. Returns (4,): loss_d, loss_g, D(x), D(G(z))."""
     ones = torch.ones(len(x), device=x.device)  # (B,) target "real"
     zeros = torch.zeros(len(x), device=x.device)  # (B,) target "fake"
 
@@ -193,7 +190,7 @@ def train_step(G, D, D_frozen, opt_G, opt_D, x, z, amp, scaler):
         loss_d = F.binary_cross_entropy_with_logits(real_logits, ones)
         loss_d = loss_d + F.binary_cross_entropy_with_logits(fake_logits, zeros)
     opt_D.zero_grad(set_to_none=True)
-    scaler.scale(loss_d).backward()  # DDP: averaged over the processes
+    scaler.scale(loss_d).backward()
     scaler.step(opt_D)
 
     # (2) Update G: maximise log D(G(z)) (detail 2), i.e. minimise BCE(D(G(z)), 1). Departure:
@@ -206,7 +203,7 @@ def train_step(G, D, D_frozen, opt_G, opt_D, x, z, amp, scaler):
     opt_G.zero_grad(set_to_none=True)
     scaler.scale(loss_g).backward()
     scaler.step(opt_G)
-    scaler.update()  # once an iteration
+    scaler.update()
     D_frozen.requires_grad_(True)
 
     d_x = torch.sigmoid(real_logits.detach()).mean()  # D(x), a probability
@@ -222,7 +219,7 @@ def train(args):
     amp = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     data = Photos(args, rank, world, device)
-    torch.manual_seed(args.seed)  # the same weights in every process
+    torch.manual_seed(args.seed)  # initial weights
     G, D, opt_G, opt_D = build(args, device)
     models = (G, D, opt_G, opt_D, scaler)
     fixed_z = noise(64, args, "cpu", torch.Generator().manual_seed(args.seed))  # the grids' z
@@ -248,14 +245,14 @@ def train(args):
             for images in data.epoch(epoch, batch):  # (B, C, 256, 256) uint8: the epoch's rest
                 x = images.to(device, non_blocking=images.is_pinned())
                 x = x.contiguous(memory_format=memory_format(device))
-                x = x.float().div_(127.5).sub_(1.0)  # real images in [-1, 1] (detail 8)
+                x = x.float().div_(127.5).sub_(1.0)  # in [-1, 1] (detail 8)
                 seed = hash((args.seed, rank, step))  # resumes need no random state
                 z = noise(len(x), args, device, torch.Generator().manual_seed(seed))
                 stats = train_step(G_train, D_train, D_frozen, opt_G, opt_D, x, z, amp, scaler)
                 step, batch = step + 1, batch + 1
                 if log:
                     log.record(step, epoch + 1, stats)
-                stopping = stopper.check(stats, step, world)  # the same in every process
+                stopping = stopper.check(stats, step, world)
                 if stopping or step == last:
                     break
             if batch >= data.steps:
@@ -268,8 +265,8 @@ def train(args):
         dist.destroy_process_group()
 
 
-# ---- Plumbing: data, devices, processes, stopping, checkpoints, the log, the command line ----
-EXIF_TRANSPOSE = {2: 0, 3: 3, 4: 1, 5: 5, 6: 4, 7: 6, 8: 2}  # EXIF orientation -> PIL's undo
+# ---- Plumbing: data, devices, stopping, the run folder, flags ----
+EXIF_TRANSPOSE = {2: 0, 3: 3, 4: 1, 5: 5, 6: 4, 7: 6, 8: 2}  # orientation -> PIL's undo
 
 
 def load_image(path, channels):
@@ -280,11 +277,11 @@ def load_image(path, channels):
         mode = ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY
         image = decode_image(path, mode, True)  # True: EXIF orientation
     except RuntimeError:
-        pil = torchvision.datasets.folder.pil_loader(path)  # in RGB
+        pil = torchvision.datasets.folder.pil_loader(path)
         orientation = pil.getexif().get(0x0112, 1)  # 1: upright
         pil = pil.transpose(EXIF_TRANSPOSE[orientation]) if orientation in EXIF_TRANSPOSE else pil
         image = TF.pil_to_tensor(pil if channels == 3 else pil.convert("L"))
-    image = image[0] if image.dim() == 4 else image  # an animated GIF: its first frame
+    image = image[0] if image.dim() == 4 else image  # a GIF's first frame
     if image.dtype == torch.uint16:  # a 16-bit PNG
         image = (image.to(torch.int32) >> 8).to(torch.uint8)
     if channels == 1 and len(image) > 2:
@@ -295,7 +292,6 @@ def load_image(path, channels):
 
 
 def find_images(root):
-    """Sorted paths of the image files at any depth below --data."""
     if not Path(root).is_dir():
         fail(f"--data {root} " + ("is not a folder" if Path(root).exists() else "does not exist"))
     paths = (p for p in Path(root).rglob("*") if p.suffix.lower() in SUFFIXES and p.is_file())
@@ -303,8 +299,8 @@ def find_images(root):
 
 
 class Photos(Dataset):
-    """This process's share of the files (torchrun: every world-th). Item i: image i, the index of a
-    file skipped for it (a bad one must not end a run) and why, or (-1, "")."""
+    """This process's share of the files. Item i: image i, the index of a file skipped for it (a bad
+    one must not end a run) and why, or (-1, "")."""
 
     def __init__(self, args, rank, world, device):
         self.paths, self.args, self.named = find_images(args.data), args, set()
@@ -314,13 +310,13 @@ class Photos(Dataset):
             self[0]
         except RuntimeError as e:
             fail(f"no readable image in {args.data}: {e}")
-        if getattr(args, "images", len(self)) != len(self):  # resumed: the run's
+        if getattr(args, "images", len(self)) != len(self):  # resumed
             fail(f"--data {args.data} holds {len(self)} images, not the run's {args.images}")
         self.paths, args.images = self.paths[rank::world], len(self)
         self.cache = cache_images(self, device) if args.cache else None
         n = torch.tensor(len(self), device=device if world > 1 else "cpu")
         if world > 1:
-            dist.all_reduce(n, op=dist.ReduceOp.MIN)  # as many steps in every process
+            dist.all_reduce(n, op=dist.ReduceOp.MIN)  # the same steps in all
         self.steps = int(n) // args.batch_size
         if not self.steps:
             fail(f"{args.data}: {int(n)} images, fewer than one batch")
@@ -353,7 +349,6 @@ class Photos(Dataset):
 
 
 def name_skipped(photos, skipped, why):
-    """Names once each file a worker could not decode."""
     for i, reason in zip(skipped.tolist(), why):
         if i >= 0 and i not in photos.named:
             photos.named.add(i)
@@ -361,7 +356,7 @@ def name_skipped(photos, skipped, why):
 
 
 def cache_images(photos, device):
-    """--cache: every image decoded once, on the GPU if it fits twice."""
+    """--cache: the images decoded once, on the GPU if they fit twice."""
     t, start, size = time.perf_counter(), 0, (photos.args.channels, IMAGE_SIZE, IMAGE_SIZE)
     cache = torch.empty(len(photos), *size, dtype=torch.uint8)
     for images, skipped, why in DataLoader(photos, 256, **photos.load):
@@ -375,18 +370,17 @@ def cache_images(photos, device):
 
 
 def ignore_signals(worker_id):
-    """Ctrl-C and SIGTERM reach the workers too: the trainer stops them."""
+    """The trainer, not the workers, handles Ctrl-C and SIGTERM."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def memory_format(device):
-    """Channels-last, faster, but not on MPS: it broke BatchNorm gradients (pytorch #175189)."""
+    """Channels-last, faster, but not on MPS: it broke BatchNorm (pytorch #175189)."""
     return torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
 
 
 def pick_device(name, world=1):
-    """--device (auto: cuda, then mps, then cpu), or one line why not."""
     ok = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     name = next(kind for kind in ("cuda", "mps", "cpu") if ok[kind]) if name == "auto" else name
     kind, _, index = name.partition(":")
@@ -400,7 +394,7 @@ def pick_device(name, world=1):
 
 
 def setup(args):
-    """(rank, world size, device); torchrun (WORLD_SIZE > 1): NCCL between GPUs, else gloo."""
+    """(rank, world size, device); torchrun: NCCL between GPUs, else gloo."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and "RANK" not in os.environ:
         fail("WORLD_SIZE is set but RANK is not: use torchrun, or unset it")
@@ -409,15 +403,15 @@ def setup(args):
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     if device.type == "cuda":
         torch.cuda.set_device(device)  # first: nothing lands on GPU 0
-    torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed shapes: fastest kernels
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed shapes
     if world > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return (dist.get_rank() if world > 1 else 0), world, device
 
 
 def wrap(G, D, args, world):
-    """(G, D, D without DDP), compiled with --compile; DDP averages gradients, BatchNorm statistics
-    stay per process (D's are not broadcast: that broke its backward)."""
+    """(G, D, D without DDP), compiled with --compile; DDP averages gradients (D's BatchNorm buffers
+    are not broadcast: that broke its backward)."""
     nets = (G, D)
     if world > 1:
         nets = (DistributedDataParallel(G), DistributedDataParallel(D, broadcast_buffers=False))
@@ -425,8 +419,8 @@ def wrap(G, D, args, world):
 
 
 def amp_dtype(args, device, rank=0, world=1):
-    """--amp's autocast dtype (None: float32): bfloat16, or float16 before Ampere; on a CPU only if
-    5% faster (1.6x faster on an AMD EPYC, 1.4x slower on an Intel Xeon)."""
+    """--amp's dtype (None: float32): bfloat16, or float16 before Ampere; on CPUs only if 5% faster
+    (1.6x faster on an AMD EPYC, 1.4x slower on an Intel Xeon)."""
     if args.amp and device.type == "mps":
         fail("--amp needs a cpu or cuda device, not mps")
     old = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] < 8
@@ -436,7 +430,7 @@ def amp_dtype(args, device, rank=0, world=1):
     if args.amp == "auto" and device.type == "cpu" and not args.generate:
         seconds = torch.tensor([step_seconds(args, device, d) for d in (None, torch.bfloat16)])
         if world > 1:
-            dist.all_reduce(seconds)  # all decide alike
+            dist.all_reduce(seconds)
         fast, ratio = seconds[1] < 0.95 * seconds[0], (seconds.max() / seconds.min()).item()
         dtype, said = (torch.bfloat16, said) if fast else (None, "float32")
         speed = "faster" if fast else "slower"
@@ -447,7 +441,6 @@ def amp_dtype(args, device, rank=0, world=1):
 
 
 def step_seconds(args, device, dtype):
-    """Seconds of a train_step in dtype (None: float32) on random images, the best of two."""
     G, D, opt_G, opt_D = build(args, device)
     x = torch.rand(args.batch_size, args.channels, IMAGE_SIZE, IMAGE_SIZE, device=device) * 2 - 1
     x, z = x.contiguous(memory_format=memory_format(device)), noise(args.batch_size, args, device)
@@ -486,7 +479,7 @@ class Stopper:
         return len(self.pending) > 1 and self.read()
 
     def read(self):
-        """The oldest flag (False if none): stop? NaN: one line, exit 1."""
+        """The oldest flag: stop? NaN: one line, exit 1."""
         if not self.pending:
             return False
         flag, work, step = self.pending.pop(0)
@@ -501,8 +494,7 @@ class Stopper:
 
 
 def save(out, args, models, where, fixed_z, log, world):
-    """Process 0's: checkpoint.pt first (torchrun kills 30 s after a stop), atomically; the grid; at
-    an epoch's end a copy."""
+    """Process 0's: checkpoint.pt first (torchrun kills 30 s after a stop), grid, epoch copy."""
     if not log:
         return
     (step, epoch, batch), G = where, models[0]
@@ -515,7 +507,7 @@ def save(out, args, models, where, fixed_z, log, world):
         torch.save(ckpt, out / "checkpoint.tmp")
     except RuntimeError as e:  # a full disk
         (out / "checkpoint.tmp").unlink(missing_ok=True)
-        fail(f"cannot write a checkpoint in {out} ({str(e)[:60]}: disk full?); the last is kept")
+        fail(f"cannot write a checkpoint in {out} ({str(e)[:60]}); the last is kept")
     os.replace(out / "checkpoint.tmp", out / "checkpoint.pt")
     grid = (sample(G, fixed_z.to(next(G.parameters()).device)).float() + 1) / 2  # (64, C, S, S)
     (out / "samples").mkdir(exist_ok=True)
@@ -537,7 +529,7 @@ def sample(G, z):
 
 @contextlib.contextmanager
 def hold(out):
-    """Locks out/lock while training (process 0's): a second process refuses in one line."""
+    """Locks out/lock while training: a second process refuses in one line."""
     if out.is_file():
         fail(f"--out {out} is a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
@@ -583,7 +575,7 @@ def open_run(args, device, rank=0, world=1):
     if path != here and (
         not here.is_file() or load_checkpoint(here, "cpu")["args"].get("run") != run
     ):
-        fail(f"{path} is not a checkpoint of the run in {out}: resume it in its own run folder")
+        fail(f"{path} is not a checkpoint of the run in {out}")
     changeable = CHANGEABLE + ("seed", "batch_size") * (args.generate is not None)  # z: its own
     for flag, then in ckpt["args"].items():
         if flag in THIS_COMMAND or flag in args.given and flag in changeable:
@@ -601,7 +593,6 @@ def open_run(args, device, rank=0, world=1):
 
 
 def restore(parts, ckpt):
-    """Loads each part's state, or one line if the networks do not fit the checkpoint."""
     try:
         for part, key in parts:
             part.load_state_dict(ckpt[key] or part.state_dict())  # {}: a disabled scaler's
@@ -619,11 +610,8 @@ class RunLog:
             size = ckpt["log_bytes"]
             head = path.read_bytes()[:size] if path.is_file() else b""
             rows = head.splitlines() if len(head) == size and head.endswith(b"\n") else [b""]
-            if not rows[-1].startswith(f"{step},".encode()):
-                fail(
-                    f"{path} does not hold the rows to step {step} of this checkpoint (rolled back "
-                    "past it?)"
-                )
+            if not rows[-1].startswith(f"{step},".encode()):  # rolled back past it?
+                fail(f"{path} does not hold the rows to step {step} of this checkpoint")
             os.truncate(path, size)
         self.file = open(path, "a" if ckpt else "w")
         self.file.write("" if ckpt else "step,epoch,time,loss_d,loss_g,d_real,d_fake\n")
@@ -651,7 +639,7 @@ class RunLog:
                 f"losses became NaN or infinite by step {self.step}; the last good checkpoint is "
                 f"kept in {out}"
             )
-        rate = (self.step - self.first) / (time.perf_counter() - self.t_first)  # steps/s
+        rate = (self.step - self.first) / (time.perf_counter() - self.t_first)
         left = (self.last - self.step) / rate / 60
         print(
             f"epoch {epoch}/{self.args.epochs} step {self.step}/{self.last} | loss D {loss_d:.3f} "
@@ -672,8 +660,7 @@ class RunLog:
 
 
 def warn_if_d_wins(d_fake, step):
-    """Warns once when D(G(z)) averaged below D_WINS_BELOW over D_WINS_STEPS steps, from step
-    D_WINS_FROM on. Returns the history to keep, or None."""
+    """Warns once if D(G(z)) averaged under D_WINS_BELOW over D_WINS_STEPS steps: D has won."""
     recent = d_fake[-D_WINS_STEPS:]
     mean = sum(recent) / D_WINS_STEPS
     if step < D_WINS_FROM or len(recent) < D_WINS_STEPS or mean >= D_WINS_BELOW:
@@ -686,11 +673,11 @@ def warn_if_d_wins(d_fake, step):
 
 
 def generate(args):
-    """--generate N: exactly N PNGs in --out/generated/ (earlier ones removed) and a grid; a stop
-    says what it wrote."""
+    """--generate N: exactly N PNGs in --out/generated/ (earlier ones removed), and a grid."""
     device, out = setup(args)[2], Path(args.out)
-    ckpt = open_run(args, device)  # the run's flags, into args
-    G, folder, written = build(args, device)[0], out / "generated", 0
+    ckpt = open_run(args, device)
+    G, written = build(args, device)[0], 0
+    folder, grid = out / "generated", out / "generated_grid.png"
     restore([(G, "G")], ckpt)
     dtype, rng, seconds = amp_dtype(args, device), torch.Generator().manual_seed(args.seed), 0.0
     chunk, n = max(64, args.batch_size), args.generate
@@ -708,11 +695,10 @@ def generate(args):
                 save_image(image, folder / f"{written:06d}.png")
                 written += 1
             if start == 0:
-                save_image(images[:64], out / "generated_grid.png", nrow=8)
+                save_image(images[:64], grid, nrow=8)
     except KeyboardInterrupt:
         (folder / f"{written:06d}.png").unlink(missing_ok=True)  # half written?
         fail(f"stopped: {written} of {n} images written to {folder}")
-    grid = out / "generated_grid.png"
     print(
         f"wrote {n} images to {folder} and a grid of the first {min(64, n)} to {grid} "
         f"(G: {n / seconds:.0f} images/s)"
@@ -720,7 +706,7 @@ def generate(args):
 
 
 def fail(message):
-    """Bad input ends here: one line on stderr, exit status 1, no traceback."""
+    """One line on stderr, exit status 1, no traceback."""
     raise SystemExit(f"{SCRIPT}.py: error: {message}")
 
 
@@ -728,8 +714,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     add = p.add_argument
-    add("--data", default="./data", help="folder of images (at any depth)")
-    add("--epochs", type=int, default=5, help="train until the end of this epoch")
+    add("--data", default="./data", help="image folder, at any depth")
+    add("--epochs", type=int, default=5, help="the last epoch")
     add("--batch-size", type=int, default=128, help="images per step and process")
     add("--lr", type=float, default=2e-4, help="D's learning rate")
     add("--lr-g", type=float, default=4e-4, help="G's (detail 10)")
@@ -739,15 +725,15 @@ def parse_args(argv=None):
     act = "G's hidden activation: relu (the paper's) or leaky (the table's); Tanh kept"
     add("--g-act", choices=["relu", "leaky"], default="relu", help=act)
     add("--d-bn", action="store_true", help="BatchNorm in D's hidden blocks, as the table has")
-    add("--channels", type=int, choices=[1, 3], default=3, help="3 for colour, 1 for grey")
+    add("--channels", type=int, choices=[1, 3], default=3, help="3: colour, 1: grey")
     add("--workers", type=int, default=min(4, os.cpu_count() or 1), help="decoding processes")
-    add("--cache", action="store_true", help="decode the images once, into (GPU) memory")
+    add("--cache", action="store_true", help="decode images once, into (GPU) memory")
     add("--compile", nargs="?", const="inductor", metavar="BACKEND", help="torch.compile G and D")
     add("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     add("--seed", type=int, default=0, help="of weights, noise and data order")
     add("--out", default=f"runs/{SCRIPT}", help="run folder")
-    add("--max-steps", type=int, help="stop at this step of the run")
-    add("--resume", nargs="?", const=True, metavar="CKPT", help="go on with --out's run, or CKPT")
+    add("--max-steps", type=int, help="the last step")
+    add("--resume", nargs="?", const=True, metavar="CKPT", help="go on with --out's run or CKPT")
     add("--generate", type=int, metavar="N", help="write N images")
     amp = "auto: bf16 where faster, fp16 before Ampere"
     add("--amp", nargs="?", const="auto", choices=["auto", "bf16", "fp16"], help=amp)

@@ -538,9 +538,7 @@ def hold(out):
             if fcntl and os.environ.get("RANK", "0") == "0":
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            fail(
-                f"another process is training into {out}; wait for it to end, or pick another --out"
-            )
+            fail(f"another process is training into {out}: wait for it, or pick another --out")
         yield
 
 

@@ -129,7 +129,7 @@ def test_a_log_rolled_back_past_a_checkpoint_is_not_resumed_from_it(script, cli,
     main(script, *cli("run", "--resume", epochs / "epoch_0001.pt", "--max-steps", "5"))
     log = (tmp_path / "run" / "log.csv").read_bytes()
     message = error_of(script, *cli("run", "--resume", epochs / "epoch_0003.pt", "--epochs", "4"))
-    assert "lacks the rows to step 12 (rolled back past this checkpoint?)" in message
+    assert "does not hold the rows to step 12 of this checkpoint" in message
     assert (tmp_path / "run" / "log.csv").read_bytes() == log and b"\0" not in log
 
 

@@ -1,33 +1,30 @@
 """DCGAN-style GAN on MNIST: convolutional networks for 28x28 digits.
 
 Papers: Radford et al. 2015, "Unsupervised Representation Learning with Deep Convolutional
-Generative Adversarial Networks" (DCGAN), arXiv:1511.06434; the generator is InfoGAN's MNIST
-generator (Chen et al. 2016, arXiv:1606.03657, appendix C.1); the game and its losses are
-Goodfellow et al. 2014, arXiv:1406.2661. Networks: the CS231n GAN notebook's "DCGAN" networks.
+Generative Adversarial Networks" (DCGAN), arXiv:1511.06434; G: InfoGAN's MNIST generator (Chen et
+al. 2016, arXiv:1606.03657, appendix C.1); the game: Goodfellow et al. 2014, arXiv:1406.2661.
+Networks: the CS231n GAN notebook's "DCGAN" networks.
 
-    python dcgan_mnist.py                       # MNIST is downloaded into --data if missing
-    python dcgan_mnist.py --resume --epochs 40  # go on with the run in --out (README: Resuming)
-    python dcgan_mnist.py --generate 1000       # write images from --out/checkpoint.pt
+    python dcgan_mnist.py  # MNIST is downloaded into --data; then --resume, --generate N
 
 Implementation details, each tied to a paper:
  1. Goodfellow et al.'s game (eq. 1, Algorithm 1 with k = 1), G maximising log D(G(z)) (section
-    3). D outputs a logit; BCEWithLogitsLoss fuses sigmoid and cross-entropy: the same objective.
- 2. From DCGAN (section 3): convolutions instead of fully connected image layers, transposed
-    convolutions to upsample in G, BatchNorm in G but not on its output, ReLU in G with a Tanh
-    output, LeakyReLU in D, Adam with beta1 0.5.
- 3. D is the CS231n notebook's classifier-like CNN (5x5 convolutions and max-pooling; DCGAN uses
-    strided convolutions). G is InfoGAN's generator as the notebook lists it, BatchNorm after each
-    ReLU as InfoGAN's table writes it (InfoGAN's code puts BatchNorm before the ReLU).
- 4. Real pixels are scaled to [-1, 1] to match G's Tanh output.
+    3). D outputs a logit; BCEWithLogitsLoss fuses the sigmoid.
+ 2. From DCGAN (section 3): convolutions, not fully connected image layers; transposed ones in G;
+    BatchNorm in G but not on its output; ReLU in G, a Tanh output; LeakyReLU in D; Adam, beta1 0.5.
+ 3. D is the CS231n notebook's classifier-like CNN (5x5 convolutions, max-pooling; DCGAN strides).
+    G is InfoGAN's as the notebook lists it: BatchNorm after each ReLU, as InfoGAN's table writes
+    it (its code puts BatchNorm first).
+ 4. Real pixels are scaled to [-1, 1], the range of G's Tanh.
  5. Adam lr 1e-3, beta1 0.5, batch 128 as in the CS231n notebook. Departure: the DCGAN paper found
     "the suggested learning rate of 0.001, to be too high, using 0.0002 instead" (section 4); for
-    these small networks on digits the notebook's 1e-3 learns well (README, Results).
+    these small networks on digits 1e-3 learns well (README, Results).
 """
 
-import argparse, contextlib, math, os, shutil, signal, time  # noqa: E401 (the standard library)
+import argparse, contextlib, math, os, shutil, signal, time  # noqa: E401
 from pathlib import Path
 
-try:  # the run folder's lock: POSIX only, so Windows trains without it
+try:  # the run folder's lock: POSIX only
     import fcntl
 except ImportError:
     fcntl = None
@@ -39,17 +36,17 @@ from torch import nn
 from torchvision.utils import save_image
 
 SCRIPT = Path(__file__).stem
-D_WINS_STEPS, D_WINS_BELOW = 300, 0.05  # warn when D(G(z)) averages below this so many steps
-KEEP_EPOCHS = 3  # epoch checkpoints kept in checkpoints/
-PARTS = ("G", "D", "opt_G", "opt_D", "scaler")  # the checkpoint's names for train()'s state
+D_WINS_STEPS, D_WINS_BELOW = 300, 0.05  # warn: D(G(z)) averaged below this over so many steps
+KEEP_EPOCHS = 3  # epoch checkpoints kept
+PARTS = ("G", "D", "opt_G", "opt_D", "scaler")  # in a checkpoint
 RUN_PARTS = ("checkpoint.pt", "checkpoints", "log.csv", "samples", "real.png")  # a run's folder
-CHANGEABLE = ("epochs", "lr", "data")  # the flags a resume may change (README)
-THIS_COMMAND = ("out", "resume", "generate", "max_steps", "device", "log_every", "given")
+CHANGEABLE = ("epochs", "lr", "data")  # a resume may change them
+THIS_COMMAND = "out resume generate max_steps device log_every given".split()  # not the run's
 
 
-# ---- Networks: the CS231n notebook's "DCGAN" networks. B: the batch size -----------------------
+# ---- Networks: the CS231n notebook's "DCGAN" networks. B: the batch size
 class Generator(nn.Sequential):
-    """z -> image: InfoGAN's MNIST generator (appendix C.1), as the CS231n notebook lists it."""
+    """z -> image: InfoGAN's MNIST generator (appendix C.1), as CS231n lists it."""
 
     def __init__(self, z_dim=96):
         super().__init__(  # input z: (B, z_dim)
@@ -60,7 +57,7 @@ class Generator(nn.Sequential):
             nn.ReLU(),
             nn.BatchNorm1d(7 * 7 * 128),
             nn.Unflatten(1, (128, 7, 7)),  # (B, 128, 7, 7)
-            # 4x4 kernels, stride 2, padding 1 (TensorFlow's 'same'): each doubles the size.
+            # 4x4, stride 2, padding 1 (TensorFlow's 'same'): twice the size
             nn.ConvTranspose2d(128, 64, 4, 2, 1),  # (B, 64, 14, 14)
             nn.ReLU(),
             nn.BatchNorm2d(64),
@@ -70,8 +67,7 @@ class Generator(nn.Sequential):
 
 
 class Discriminator(nn.Sequential):
-    """image -> logit: the CS231n notebook's convolutional discriminator. Its last layer, fully
-    connected to size 1, gives a logit: the sigmoid is inside BCEWithLogitsLoss (detail 1)."""
+    """image -> logit (detail 1): the CS231n notebook's convolutional discriminator."""
 
     def __init__(self):
         super().__init__(  # input x: (B, 1, 28, 28)
@@ -91,56 +87,52 @@ class Discriminator(nn.Sequential):
 
 def noise(n, args, device, rng=None):
     """n samples of z ~ N(0, I), the prior p_z: (n, z_dim). Departure: the CS231n notebook draws z
-    uniform in [-1, 1], as DCGAN's paper does; N(0, I) is the PyTorch DCGAN tutorial's. Drawn on the
-    CPU (rng: a CPU generator), so a seed gives the same z on every device."""
+    uniform in [-1, 1], as DCGAN's paper does; we follow the PyTorch DCGAN tutorial. Drawn on the
+    CPU: the same z on any device."""
     z = torch.randn(n, args.z_dim, generator=rng, pin_memory=device.type == "cuda")
     return z.to(device, non_blocking=device.type == "cuda")
 
 
 def build(args, device):
-    """G, D and their Adam optimizers (detail 5), fused (one kernel for all parameters). Channels-
-    last: faster convolutions in oneDNN (CPU, ~20% a step) and cuDNN; not on MPS, where it has
-    corrupted BatchNorm gradients (pytorch issue 175189)."""
+    """G, D and their fused Adam optimizers (detail 5), channels-last (~20% faster on CPUs)
+    but not on MPS: it broke BatchNorm (pytorch issue 175189)."""
     layout = torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
-    G, D = (
-        net.to(device, memory_format=layout) for net in (Generator(args.z_dim), Discriminator())
-    )
+    nets = Generator(args.z_dim), Discriminator()
+    G, D = (net.to(device, memory_format=layout) for net in nets)
     betas = (args.beta1, 0.999)
     return G, D, *(torch.optim.Adam(m.parameters(), args.lr, betas, fused=True) for m in (G, D))
 
 
-# ---- Losses and one iteration of Algorithm 1 -----------------------------------------------------
+# ---- Losses and one iteration of Algorithm 1
 def train_step(G, D, opt_G, opt_D, x, z, amp, scaler):
-    """One iteration of Algorithm 1 with k = 1 on real x (B, 1, 28, 28) and noise z. amp: the
-    autocast context; scaler: float16's gradient scaler (a no-op when disabled). Returns (4,): loss
-    of D, loss of G, D(x) and D(G(z)) as mean probabilities, on the device (no host sync)."""
+    """One iteration of Algorithm 1 (k = 1) on real x (B, 1, 28, 28) and noise z; amp: autocast,
+    scaler: float16's. Returns (4,): loss_d, loss_g, D(x), D(G(z))."""
     B = len(x)
-    ones, zeros = torch.ones(B, device=x.device), torch.zeros(B, device=x.device)  # the targets
+    ones, zeros = torch.ones(B, device=x.device), torch.zeros(B, device=x.device)
 
-    # (1) Update D: maximise log D(x) + log(1 - D(G(z))) (eq. 1, ascending its gradient), i.e.
-    # minimise BCE(D(x), 1) + BCE(D(G(z)), 0). Real and fake go through D as one batch: D has no
-    # BatchNorm, so this is two passes in one. fake.detach(): G is not updated here.
+    # (1) Update D: maximise log D(x) + log(1 - D(G(z))) (eq. 1), i.e. minimise BCE(D(x), 1) +
+    # BCE(D(G(z)), 0). Real and fake as one batch (D has no BatchNorm); fake.detach(): G is fixed.
     with amp:
         fake = G(z)  # (B, 1, 28, 28), used by both steps
         logits = D(torch.cat([x, fake.detach()])).float()  # (2B,): B real, then B fake
         real_logits, fake_logits = logits[:B], logits[B:]  # (B,), (B,)
-        loss_d = F.binary_cross_entropy_with_logits(real_logits, ones)  # target "real"
+        loss_d = F.binary_cross_entropy_with_logits(real_logits, ones)  # "real"
         loss_d = loss_d + F.binary_cross_entropy_with_logits(fake_logits, zeros)  # "fake"
     opt_D.zero_grad(set_to_none=True)
     scaler.scale(loss_d).backward()
     scaler.step(opt_D)
 
-    # (2) Update G: maximise log D(G(z)) (section 3), i.e. minimise BCE(D(G(z)), 1). Departure:
-    # Algorithm 1 draws a fresh minibatch of z here; we reuse the D step's fakes, as the PyTorch
-    # DCGAN tutorial does. D is frozen: no gradient for its weights.
+    # (2) Update G: maximise log D(G(z)) (section 3), i.e. minimise BCE(D(G(z)), 1), D frozen.
+    # Departure: Algorithm 1 draws fresh z here; we reuse the D step's fakes, as the PyTorch
+    # DCGAN tutorial does.
     D.requires_grad_(False)
     with amp:
-        gen_logits = D(fake).float()  # (B,) logits of the updated D
+        gen_logits = D(fake).float()  # (B,), of the updated D
         loss_g = F.binary_cross_entropy_with_logits(gen_logits, ones)
     opt_G.zero_grad(set_to_none=True)
     scaler.scale(loss_g).backward()
     scaler.step(opt_G)
-    scaler.update()  # once an iteration, for both optimizers
+    scaler.update()  # once, for both
     D.requires_grad_(True)
 
     d_x = torch.sigmoid(real_logits.detach()).mean()  # D(x), a probability
@@ -148,36 +140,31 @@ def train_step(G, D, opt_G, opt_D, x, z, amp, scaler):
     return torch.stack([loss_d.detach(), loss_g.detach(), d_x, d_g_z])
 
 
-# ---- The training loop ---------------------------------------------------------------------------
+# ---- The training loop
 def train(args):
-    (device, dtype), out = setup(args), Path(args.out)  # dtype: --amp's, None for float32
-    ckpt = open_run(args, device)  # None for a new run
+    (device, dtype), out = setup(args), Path(args.out)
+    ckpt = open_run(args, device)  # None: a new run
     amp = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # float16's
-    try:  # MNIST's training images, (N, 28, 28) uint8, downloaded if missing
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    try:  # (N, 28, 28) uint8
         data = torchvision.datasets.MNIST(args.data, train=True, download=True).data.to(device)
-    except Exception as e:  # no network, a firewall, damaged files...
-        cause = (str(e).splitlines() or [""])[-1][:60]  # torchvision's last line says why
-        root = Path(args.data) / "MNIST" / "raw"
+    except Exception as e:  # torchvision's last line says why
+        why, root = (str(e).splitlines() or [""])[-1][:60], Path(args.data) / "MNIST" / "raw"
         files = "train-images-idx3-ubyte and train-labels-idx1-ubyte"
-        fail(
-            f"no readable MNIST in {root} and no download ({cause}); put the unzipped {files} there"
-        )
-    B, per_epoch = args.batch_size, len(data) // args.batch_size  # the last partial batch: left out
-    if per_epoch == 0 or getattr(args, "images", len(data)) != len(data):  # resumed: the run's
-        fail(
-            f"{args.data} holds {len(data)} images, "
-            + (f"not the run's {args.images}" if per_epoch else f"fewer than one batch of {B}")
-        )
+        fail(f"no readable MNIST in {root} and no download ({why}); put the unzipped {files} there")
+    B, per_epoch = args.batch_size, len(data) // args.batch_size  # no partial batch
+    if not per_epoch or getattr(args, "images", len(data)) != len(data):
+        why = f"not the run's {args.images}" if per_epoch else f"fewer than one batch of {B}"
+        fail(f"{args.data} holds {len(data)} images, {why}")
     args.images = len(data)
     torch.manual_seed(args.seed)  # initial weights
     G, D, opt_G, opt_D = nets = build(args, device)
     fixed_z = noise(64, args, device, torch.Generator().manual_seed(args.seed))  # the grids' z
-    step = epoch = batch = 0  # steps, whole epochs, batches of this epoch done
+    step = epoch = batch = 0  # batch: steps into the epoch
     if ckpt:
         restore(zip((*nets, scaler), PARTS), ckpt)
         for group in opt_G.param_groups + opt_D.param_groups:
-            group["lr"] = args.lr  # a resumed run may change the learning rate
+            group["lr"] = args.lr  # a resume may change it
         fixed_z, step, epoch, batch = ckpt["fixed_z"], ckpt["step"], ckpt["epoch"], ckpt["batch"]
     last_step = min(args.max_steps or math.inf, args.epochs * per_epoch)
     if last_step <= step:
@@ -187,39 +174,35 @@ def train(args):
     log = RunLog(out, args, step, last_step, ckpt)
     save_image(data[:64].unsqueeze(1) / 255, out / "real.png", nrow=8)  # (64, 1, 28, 28)
 
-    # Ctrl-C and SIGTERM (also to the process group) ask for a stop: after the step, saved, exit 0.
-    asked = []  # the signals received
-    stop = lambda signum, frame: asked.append(signum)
+    # Ctrl-C, SIGTERM (to the group too): stop after the step, saved
+    asked, stop = [], lambda signum, frame: asked.append(signum)
     handlers = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     while step < last_step and not asked:
-        # This epoch's order and each step's z come from CPU generators seeded by the pair
-        # (--seed, epoch) and the triple (--seed, 0, step) alone: a resume needs no random state.
+        # order and z from (--seed, epoch), (--seed, 0, step): resumes need no state
         rng = torch.Generator().manual_seed(hash((args.seed, epoch)))
         order = torch.randperm(len(data), generator=rng).to(device)
-        for batch in range(batch, per_epoch):  # the rest of this epoch
+        for batch in range(batch, per_epoch):
             x = data[order[batch * B : (batch + 1) * B]].unsqueeze(1)  # (B, 1, 28, 28) uint8
-            x = x.float().div_(127.5).sub_(1.0)  # real images in [-1, 1] (detail 4)
+            x = x.float().div_(127.5).sub_(1.0)  # in [-1, 1] (detail 4)
             z = noise(B, args, device, torch.Generator().manual_seed(hash((args.seed, 0, step))))
-            stats = train_step(G, D, opt_G, opt_D, x, z, amp, scaler)  # (4,), on the device
+            stats = train_step(G, D, opt_G, opt_D, x, z, amp, scaler)
             step += 1
             log.record(step, epoch + 1, stats)
             if asked or step == last_step:
                 break
         epoch, batch = (epoch + 1, 0) if batch + 1 == per_epoch else (epoch, batch + 1)
-        # checkpoint.pt atomically (.tmp, then renamed), with the log's length to cut it back to
-        log.flush()  # and NaN checked: no NaN reaches a checkpoint
+        log.flush()  # NaN checked: none is saved
         state = {k: m.state_dict() for k, m in zip(PARTS, (*nets, scaler))}
         state.update(script=SCRIPT, args=vars(args), fixed_z=fixed_z, step=step, epoch=epoch)
         state.update(batch=batch, log_bytes=log.file.tell(), time=time.perf_counter() - log.t0)
+        tmp = out / "checkpoint.tmp"  # renamed: atomic
         try:
-            torch.save(state, out / "checkpoint.tmp")
-        except RuntimeError as e:  # torch.save's error when the disk is full
-            (out / "checkpoint.tmp").unlink(missing_ok=True)
-            fail(
-                f"cannot write a checkpoint in {out} ({str(e)[:50]}: disk full?); the last is kept"
-            )
-        os.replace(out / "checkpoint.tmp", out / "checkpoint.pt")
-        if batch == 0:  # an epoch's end: keep the last KEEP_EPOCHS epochs'
+            torch.save(state, tmp)
+        except RuntimeError as e:  # a full disk
+            tmp.unlink(missing_ok=True)
+            fail(f"cannot write a checkpoint in {out} ({str(e)[:40]}: disk full?); last one kept")
+        os.replace(tmp, out / "checkpoint.pt")
+        if batch == 0:  # an epoch's end
             shutil.copyfile(out / "checkpoint.pt", out / "checkpoints" / f"epoch_{epoch:04d}.pt")
             for path in (out / "checkpoints").glob("epoch_[0-9][0-9][0-9][0-9].pt"):
                 if not epoch - KEEP_EPOCHS < int(path.stem[6:]) <= epoch:  # later: rolled back
@@ -227,31 +210,28 @@ def train(args):
         grid = (sample(G, fixed_z).float() + 1) / 2  # (64, 1, 28, 28) in [0, 1]
         save_image(grid, out / "samples" / f"epoch_{epoch + (batch > 0):04d}.png", nrow=8)
     for s, handler in handlers.items():
-        signal.signal(s, handler)  # back as they were
+        signal.signal(s, handler)
     log.file.close()
     n, seconds = step - log.first_step, time.perf_counter() - log.t_first
-    print(
-        f"trained {n} steps in {seconds:.1f} s ({n * B / seconds:.0f} images/s); run folder {out}"
-    )
+    rate = n * B / seconds
+    print(f"trained {n} steps in {seconds:.1f} s ({rate:.0f} images/s); run folder {out}")
 
 
-# ---- Plumbing: devices, errors, the run folder (checkpoint, log), generating, flags --------------
+# ---- Plumbing
 def setup(args):
-    """The device (auto: cuda, mps, cpu) and --amp's autocast dtype (None: float32), said in one
-    line: float16 with a gradient scaler on GPUs before compute capability 8, else bfloat16, but on
-    a CPU only where a timed step is faster (step_seconds)."""
+    """The device (auto: cuda, mps, cpu) and --amp's dtype (None: float32): bfloat16, or float16
+    before Ampere; on CPUs only if a timed step is 5% faster."""
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
-    available["cpu"] = True
     try:
-        auto = next(d for d, ok in available.items() if ok)
+        auto = next((d for d, ok in available.items() if ok), "cpu")
         device = torch.device(auto if args.device == "auto" else args.device)
     except RuntimeError:
         fail(f"unknown device {args.device!r} (use auto, cpu, cuda, cuda:N or mps)")
-    too_high = device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count()
-    if not available.get(device.type) or too_high:
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 1
+    if not available.get(device.type, True) or (device.index or 0) >= gpus:
         fail(f"--device {args.device}: not available on this machine (try --device cpu)")
     if device.type == "cuda":
-        torch.cuda.set_device(device)  # first: nothing lands on GPU 0 by default
+        torch.cuda.set_device(device)  # first: nothing lands on GPU 0
     if not args.amp:
         return device, None
     if device.type == "mps":
@@ -262,54 +242,48 @@ def setup(args):
     said = "float16 autocast with a gradient scaler" if half else "bfloat16 autocast"
     if major < 8:
         said += f" (cuda, compute capability {major}.{minor} has no native bfloat16)"
-    if args.amp == "auto" and device.type == "cpu" and not args.generate:  # 5% faster, or float32
+    if args.amp == "auto" and device.type == "cpu" and not args.generate:
         fp32, bf16 = (step_seconds(args, device, d) for d in (None, torch.bfloat16))
         dtype, said = (dtype, said) if bf16 < 0.95 * fp32 else (None, "float32")
-        ratio, faster = max(fp32, bf16) / min(fp32, bf16), "faster" if bf16 < fp32 else "slower"
-        said = f"bfloat16 is {ratio:.1f}x {faster} than float32 here; training in {said}"
+        ratio, speed = max(fp32, bf16) / min(fp32, bf16), "faster" if bf16 < fp32 else "slower"
+        said = f"bfloat16 is {ratio:.1f}x {speed} than float32 here; training in {said}"
     print("--amp: " + said)
     return device, dtype
 
 
 def step_seconds(args, device, dtype):
-    """Seconds of a train_step in dtype (None: float32) on new networks, the best of two after a
-    warm-up: a CPU's flags do not tell whether bfloat16 pays (README, Speed)."""
     G, D, opt_G, opt_D = build(args, device)
-    x = torch.rand(args.batch_size, 1, 28, 28, device=device)
-    z = noise(args.batch_size, args, device)
+    x, z = torch.rand(args.batch_size, 1, 28, 28), noise(args.batch_size, args, device)
     amp, times = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None), []
     for _ in range(3):
         t = time.perf_counter()
-        train_step(G, D, opt_G, opt_D, x, z, amp, torch.amp.GradScaler(device.type, enabled=False))
+        train_step(G, D, opt_G, opt_D, x.to(device), z, amp, torch.amp.GradScaler(enabled=0))
         times.append(time.perf_counter() - t)
     return min(times[1:])
 
 
 def fail(message):
-    """Bad input ends here: one line on stderr, exit status 1, no traceback."""
+    """One line on stderr, exit status 1, no traceback."""
     raise SystemExit(f"{SCRIPT}.py: error: {message}")
 
 
 @contextlib.contextmanager
 def hold(out):
-    """Locks out/lock while this process trains: a second one refuses. The OS frees the lock when
-    the process ends, a crash included."""
+    """Locks out/lock while training: a second process refuses."""
     if out.is_file():
         fail(f"--out {out} is a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "lock", "w") as lock:
         try:
-            if fcntl and os.environ.get("RANK", "0") == "0":  # under torchrun: process 0's
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl and fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fail(f"another process is training into {out}: wait for it, or pick another --out")
         yield
 
 
 def load_checkpoint(path, device):
-    """A checkpoint of this script, or one line why not."""
     if not path.is_file():
-        fail(f"no checkpoint at {path} (train first, or point --out at a run folder)")
+        fail(f"no checkpoint at {path} (train first, or pick --out)")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:
@@ -317,79 +291,66 @@ def load_checkpoint(path, device):
         fail(f"cannot read checkpoint {path}: it is damaged or not a checkpoint ({name})")
     owner = ckpt.get("script") if isinstance(ckpt, dict) else None
     if owner != SCRIPT:
-        fail(
-            f"{path} is not a checkpoint of {SCRIPT}.py"
-            + f" but of {owner}.py" * isinstance(owner, str)
-        )
+        but = f" but of {owner}.py" if isinstance(owner, str) else ""
+        fail(f"{path} is not a checkpoint of {SCRIPT}.py{but}")
     return ckpt
 
 
 def open_run(args, device):
-    """None for a new run, into a folder with no part of one; or the checkpoint to go on from:
-    --out's, or --resume PATH of the same run (e.g. its checkpoints/epoch_0007.pt). The run's flags
-    are put back into args: those given again must be the same, but for CHANGEABLE."""
+    """None for a new run (no RUN_PARTS in --out), or the checkpoint to go on from, its flags put
+    into args: any given must match, but CHANGEABLE."""
     out, here = Path(args.out), Path(args.out) / "checkpoint.pt"
     if not args.resume and not args.generate:
-        held = [n for n in RUN_PARTS if (out / n).is_file() or any((out / n).glob("*"))]
+        held = ", ".join(n for n in RUN_PARTS if (out / n).is_file() or any((out / n).glob("*")))
         if held:
-            fail(
-                f"--out {out} already holds a run ({', '.join(held)}): continue it with --resume, "
-                "or pick another --out"
-            )
-        args.run = os.urandom(8).hex()  # the run's name in its checkpoints
+            fail(f"--out {out} already holds a run ({held}): --resume it, or pick another --out")
+        args.run = os.urandom(8).hex()  # the run's name
         return None
     path = here if args.resume in (None, True) else Path(args.resume)
     ckpt = load_checkpoint(path, device)
-    if path != here and (
-        not here.is_file()
-        or load_checkpoint(here, "cpu")["args"].get("run") != ckpt["args"].get("run")
-    ):
-        fail(f"{path} is not a checkpoint of the run in {out}; resume in its own run folder")
-    changeable = CHANGEABLE + ("seed", "batch_size") * (args.generate is not None)  # z: its own
+    run = ckpt["args"].get("run")
+    ours = path == here or here.is_file() and load_checkpoint(here, "cpu")["args"].get("run") == run
+    if not ours:
+        fail(f"{path} is not a checkpoint of the run in {out}")
+    changeable = CHANGEABLE + ("seed", "batch_size") * (args.generate is not None)  # its own z
     for flag, then in ckpt["args"].items():
         if flag in THIS_COMMAND or flag in args.given and flag in changeable:
             continue
-        if flag in args.given and getattr(args, flag) != then:  # said as typed: 1024 1024
+        if flag in args.given and getattr(args, flag) != then:  # as typed: 1024 1024
             then, now = (str(v).strip("[]").replace(",", "") for v in (then, getattr(args, flag)))
-            flag = flag.replace("_", "-")
-            fail(
-                f"{path} was trained with --{flag} {then}, not {now}; leave the flag out to go on "
-                "with the run's"
-            )
+            why = "leave the flag out to go on with the run's"
+            fail(f"{path} was trained with --{flag.replace('_', '-')} {then}, not {now}; {why}")
         setattr(args, flag, then)
     return ckpt
 
 
 def restore(parts, ckpt):
-    """Loads each part's state ({}: a disabled scaler's), or one line if the networks do not fit."""
     try:
         for part, key in parts:
-            part.load_state_dict(ckpt[key] or part.state_dict())
+            part.load_state_dict(ckpt[key] or part.state_dict())  # {}: a disabled scaler's
     except (KeyError, RuntimeError, ValueError) as e:
-        fail(
-            f"the checkpoint does not fit {SCRIPT}.py's networks (an older version's?): "
-            + " ".join(str(e).split())[:150]
-        )
+        why = " ".join(str(e).split())[:150]
+        fail(f"the checkpoint does not fit {SCRIPT}.py's networks: {why}")
 
 
 class RunLog:
-    """log.csv, a row a step, and a progress line every --log-every seconds: the stats stay on the
-    device until then, one host sync a line. On resume it is cut back to the checkpoint's step."""
+    """log.csv, a row a step, and a line every --log-every seconds (one host sync a line)."""
 
     def __init__(self, out, args, step, last_step, ckpt):
-        self.out, self.args, self.first_step, self.last_step = out, args, step, last_step
+        self.args, self.first_step, self.last_step = args, step, last_step
         self.pending, self.recent, self.told = [], [], False
         self.t0 = time.perf_counter() - (ckpt["time"] if ckpt else 0.0)  # the run's clock
         self.t_first = self.t_line = time.perf_counter()
-        path, size = out / "log.csv", ckpt["log_bytes"] if ckpt else 0
-        if ckpt:
-            head = (path.read_bytes() if path.is_file() else b"")[:size]
-            last = head[:-1].rsplit(b"\n", 1)[-1]  # the checkpoint's row, if head ends a row
-            if len(head) < size or head[-1:] != b"\n" or not last.startswith(b"%d," % step):
-                fail(f"{path} lacks the rows to step {step} (rolled back past this checkpoint?)")
-            os.truncate(path, size)  # drop the rows a killed run wrote after the checkpoint
-        self.file = open(path, "a" if ckpt else "w", buffering=1)  # each row reaches the OS
-        self.file.write("" if self.file.tell() else "step,epoch,time,loss_d,loss_g,d_real,d_fake\n")
+        path = out / "log.csv"
+        if ckpt:  # cut back to the checkpoint's step
+            size = ckpt["log_bytes"]
+            head = path.read_bytes()[:size] if path.is_file() else b""
+            rows = head.splitlines() if len(head) == size and head.endswith(b"\n") else [b""]
+            if not rows[-1].startswith(f"{step},".encode()):  # rolled back past it?
+                fail(f"{path} does not hold the rows to step {step} of this checkpoint")
+            os.truncate(path, size)
+        self.file = open(path, "a" if ckpt else "w", buffering=1)  # line-buffered
+        self.file.write("" if ckpt else "step,epoch,time,loss_d,loss_g,d_real,d_fake\n")
 
     def record(self, step, epoch, stats):
         self.pending.append((step, epoch, time.perf_counter() - self.t0, stats))
@@ -400,99 +361,88 @@ class RunLog:
         if not self.pending:
             return
         values = torch.stack([stats for *_, stats in self.pending]).tolist()  # the one host sync
-        self.file.writelines(
-            f"{step},{epoch},{t:.3f}," + ",".join(f"{v:.5f}" for v in row) + "\n"
-            for (step, epoch, t, _), row in zip(self.pending, values)
-        )
+        for (step, epoch, t, _), row in zip(self.pending, values):
+            self.file.write(f"{step},{epoch},{t:.3f}," + ",".join(f"{v:.5f}" for v in row) + "\n")
         (step, epoch, *_), (loss_d, loss_g, d_real, d_fake) = self.pending[-1], values[-1]
-        if not math.isfinite(sum(map(sum, values))):  # the last good checkpoint stays
-            fail(f"losses became NaN or infinite by step {step}; the last good checkpoint stays")
-        rate = (step - self.first_step) / (time.perf_counter() - self.t_first)  # steps/s
-        print(
-            f"epoch {epoch}/{self.args.epochs} step {step}/{self.last_step} | "
-            f"loss D {loss_d:.3f} G {loss_g:.3f} | D(x) {d_real:.2f} D(G(z)) {d_fake:.2f} | "
-            f"{rate * self.args.batch_size:.0f} img/s | "
-            f"{(self.last_step - step) / rate / 60:.1f} min left",
-            flush=True,
-        )
-        self.pending, self.t_line = [], time.perf_counter()
+        if not math.isfinite(sum(map(sum, values))):
+            fail(f"losses became NaN or infinite by step {step}; the last good checkpoint is kept")
         self.recent = (self.recent + [row[3] for row in values])[-D_WINS_STEPS:]  # D(G(z))
         mean = sum(self.recent) / D_WINS_STEPS
         if not self.told and len(self.recent) == D_WINS_STEPS and mean < D_WINS_BELOW:
-            self.told = True  # said once a run
-            print(
-                f"warning: D is winning outright: D(G(z)) averaged {mean:.3f} over the last "
-                f"{D_WINS_STEPS} steps (to step {step}), so G learns little; see the README",
-                flush=True,
-            )
+            self.told = True  # once; flushed below
+            why = f"D(G(z)) averaged {mean:.3f} over the last {D_WINS_STEPS} steps (to step {step})"
+            print(f"warning: D is winning outright: {why}, so G learns little; see the README")
+        rate = (step - self.first_step) / (time.perf_counter() - self.t_first)  # steps/s
+        left = (self.last_step - step) / rate / 60
+        print(
+            f"epoch {epoch}/{self.args.epochs} step {step}/{self.last_step} | loss D {loss_d:.3f} "
+            f"G {loss_g:.3f} | D(x) {d_real:.2f} D(G(z)) {d_fake:.2f} | "
+            f"{rate * self.args.batch_size:.0f} img/s | {left:.1f} min left",
+            flush=True,
+        )
+        self.pending, self.t_line = [], time.perf_counter()
 
 
 def sample(G, z):
-    """G(z) without gradients for the grids and --generate. BatchNorm normalises by this batch (in
-    eval mode early samples come out flat), on copies of the running statistics."""
+    """G(z), no gradients; BatchNorm in train mode (eval's samples are flat early on), on copies."""
     with torch.no_grad():
         buffers = {k: b.clone() for k, b in G.named_buffers()}
         return torch.func.functional_call(G.train(), buffers, (z,))
 
 
 def generate(args):
-    """--generate N: exactly N PNGs in --out/generated/ (earlier ones removed) and a grid of the
-    first 64, from the run's checkpoint or --resume PATH, in chunks of max(64, --batch-size)."""
+    """--generate N: exactly N PNGs in --out/generated/ (earlier ones removed), and a grid."""
     (device, dtype), out = setup(args), Path(args.out)
-    ckpt = open_run(args, device)  # the run's network flags, into args
+    ckpt = open_run(args, device)  # the run's flags, into args
     G, folder, written = build(args, device)[0], out / "generated", 0
     restore([(G, "G")], ckpt)
     rng, chunk, seconds = torch.Generator().manual_seed(args.seed), max(64, args.batch_size), 0.0
+    n, grid = args.generate, out / "generated_grid.png"
     folder.mkdir(parents=True, exist_ok=True)
     for path in folder.glob("*.png"):
         path.unlink()
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a stop, as Ctrl-C
     try:
-        for start in range(0, args.generate, chunk):
+        for start in range(0, n, chunk):
             z, t = noise(chunk, args, device, rng), time.perf_counter()
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                images = ((sample(G, z).float() + 1) / 2).clamp_(0, 1)[: args.generate - start]
-            images, seconds = images.cpu(), seconds + time.perf_counter() - t  # waits for G
+                images = ((sample(G, z).float() + 1) / 2).clamp_(0, 1)[: n - start].cpu()
+            seconds += time.perf_counter() - t
             for image in images:
                 save_image(image, folder / f"{written:06d}.png")
                 written += 1
             if start == 0:
-                save_image(images[:64], out / "generated_grid.png", nrow=8)
+                save_image(images[:64], grid, nrow=8)
     except KeyboardInterrupt:
-        (folder / f"{written:06d}.png").unlink(missing_ok=True)  # half written, if any
-        fail(f"stopped: {written} of {args.generate} images written to {folder}")
-    print(
-        f"wrote {args.generate} images to {folder} and a grid of the first "
-        f"{min(64, args.generate)} to {out / 'generated_grid.png'} "
-        f"(G: {args.generate / seconds:.0f} images/s)"
-    )
+        (folder / f"{written:06d}.png").unlink(missing_ok=True)  # half written?
+        fail(f"stopped: {written} of {n} images written to {folder}")
+    said = f"a grid of the first {min(64, n)} to {grid} (G: {n / seconds:.0f} images/s)"
+    print(f"wrote {n} images to {folder} and {said}")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     add = p.add_argument
-    add("--data", default="./data", help="MNIST root (holds MNIST/raw); downloaded if missing")
-    add("--epochs", type=int, default=20, help="train until the end of this epoch")
+    add("--data", default="./data", help="holds MNIST/raw; downloaded if missing")
+    add("--epochs", type=int, default=20, help="the last epoch")
     add("--batch-size", type=int, default=128, help="images per step")
-    add("--lr", type=float, default=1e-3, help="Adam's learning rate, for G and D")
+    add("--lr", type=float, default=1e-3, help="Adam's, for G and D")
     add("--beta1", type=float, default=0.5, help="Adam's beta1")
-    add("--z-dim", type=int, default=96, help="size of the noise vector z")
-    add("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
-    add("--seed", type=int, default=0, help="initial weights, noise and data order come from it")
+    add("--z-dim", type=int, default=96, help="size of z")
+    add("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    add("--seed", type=int, default=0, help="of weights, noise and data order")
     add("--out", default=f"runs/{SCRIPT}", help="run folder")
-    add("--max-steps", type=int, help="stop when the run's total step count reaches this")
+    add("--max-steps", type=int, help="the last step")
     add("--resume", nargs="?", const=True, metavar="CKPT", help="go on with --out's run, or CKPT")
-    add("--generate", type=int, metavar="N", help="write N images from the checkpoint, no training")
+    add("--generate", type=int, metavar="N", help="write N images")
     add("--amp", nargs="?", const="auto", choices=["auto", "bf16", "fp16"], help="see setup()")
-    add("--log-every", type=float, default=5.0, help="seconds between progress lines")
+    add("--log-every", type=float, default=5.0, help="seconds between lines")
     args = p.parse_args(argv)
     unset = argparse.Namespace(**dict.fromkeys(vars(args)))  # no defaults: what was typed
     args.given = [k for k, v in vars(p.parse_args(argv, unset)).items() if v is not None]
-    positive = ("epochs", "batch_size", "lr", "z_dim", "max_steps", "generate", "log_every")
-    for flag in positive:
-        if getattr(args, flag) is not None and not getattr(args, flag) > 0:  # NaN is not > 0
+    for flag in "epochs batch_size lr z_dim max_steps generate log_every".split():
+        if getattr(args, flag) is not None and not getattr(args, flag) > 0:  # NaN too
             fail(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
     if not 0 <= args.seed < 2**63 or not 0 <= args.beta1 < 1:
         fail(f"--seed must be in [0, 2**63) and --beta1 in [0, 1): got {args.seed}, {args.beta1}")
@@ -505,9 +455,9 @@ def main(argv=None):
         if args.generate:
             generate(args)
         else:
-            with hold(Path(args.out)):  # one training process per run folder
+            with hold(Path(args.out)):
                 train(args)
-    except OSError as e:  # a path the OS refuses, a full disk, ...
+    except OSError as e:  # a path refused, a full disk
         fail(f"{e.strerror or e}: {e.filename or args.out}")
 
 

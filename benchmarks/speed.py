@@ -241,7 +241,7 @@ def script_step(name, batch):
     x = x.contiguous(memory_format=torch.channels_last) if shape[0] == 3 else x
     frozen = (D,) if "D_frozen" in inspect.signature(script.train_step).parameters else ()
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    z = script.noise(batch, args, "cpu")
+    z = script.noise(batch, args, torch.device("cpu"))
     return lambda amp: script.train_step(G, D, *frozen, opt_G, opt_D, x, z, amp, scaler)
 
 

@@ -29,7 +29,7 @@ def target_zero(what, name, ones="torch.ones_like({})", zeros="torch.zeros_like(
 
 
 # (what goes wrong, the exact old text, the new text), by the code they apply to.
-BCE_MNIST = [  # vanilla_gan.py and dcgan_mnist.py
+BCE_MNIST = [  # vanilla_gan.py and dcgan_mnist.py, and the photo scripts
     target_zero("D's target for real x 0", "real_logits", "ones", "zeros"),
     target_zero("G's target 0", "gen_logits", "ones", "zeros"),
     ("saturating G loss: G minimises log(1 - D(G(z)))",
@@ -51,12 +51,8 @@ MNIST_REST = [  # the three MNIST scripts
     ("Adam's default beta1 0.9", "betas = (args.beta1, 0.999)", "betas = (0.9, 0.999)"),
     PIXELS,
 ]
-PHOTO = [  # dcgan64.py and dcgan256.py
-    target_zero("D's target for real x 0", "real_logits", "ones", "zeros"),
-    target_zero("G's target 0", "gen_logits", "ones", "zeros"),
-    ("saturating G loss: G minimises log(1 - D(G(z)))",
-     "loss_g = F.binary_cross_entropy_with_logits(gen_logits, ones)",
-     "loss_g = -F.binary_cross_entropy_with_logits(gen_logits, zeros)"),
+PHOTO = [  # dcgan64.py and dcgan256.py: the same losses as the MNIST DCGAN and vanilla GAN
+    *BCE_MNIST,
     ("no detach of the fakes in the D step", "D(fake.detach())", "D(fake)"),
     ("D not frozen in the G step", "D_frozen.requires_grad_(False)",
      "D_frozen.requires_grad_(True)"),

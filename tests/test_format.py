@@ -5,18 +5,16 @@ import sys
 
 from helpers import REPO
 
-FORMATTED = [*sorted(p.name for p in REPO.glob("*.py")), "tools", "benchmarks"]
+FILES = [*REPO.glob("*.py"), *REPO.glob("tools/*.py"), *REPO.glob("benchmarks/*.py")]
 
 
 def test_the_code_is_ruff_formatted():
-    done = subprocess.run([sys.executable, "-m", "ruff", "format", "--check", *FORMATTED], cwd=REPO,
-                          capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout + done.stderr
+    done = subprocess.run([sys.executable, "-m", "ruff", "format", "--check", *map(str, FILES)],
+                          cwd=REPO, capture_output=True, text=True)
+    assert len(FILES) > 10 and done.returncode == 0, done.stdout + done.stderr
 
 
 def test_no_line_is_longer_than_100_characters():
-    files = [REPO / f for f in FORMATTED if f.endswith(".py")]
-    files += [p for folder in ("tools", "benchmarks") for p in (REPO / folder).rglob("*.py")]
-    long = [f"{p.name}:{n}" for p in files for n, line in enumerate(p.read_text().splitlines(), 1)
+    long = [f"{p.name}:{n}" for p in FILES for n, line in enumerate(p.read_text().splitlines(), 1)
             if len(line) > 100]
     assert long == []

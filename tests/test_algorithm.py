@@ -2,7 +2,7 @@
 
 - Losses: loss_D and loss_G as train_step returns them, and the gradients its D step and G step
   apply, are the papers', written out here: Goodfellow et al. 2014 eq. 1 for D and the
-  non-saturating -log D(G(z)) of its section 3 for G (vanilla_gan, dcgan_mnist, dcgan64, dcgan256);
+  -log D(G(z)) of its section 3 for G (vanilla_gan, dcgan_mnist, dcgan64, dcgan256);
   Mao et al. 2017 eq. 9 with a = 0, b = 1, c = 1 and its 1/2 factors for lsgan.
 - Directions, in float32 and under bfloat16 autocast: the D step raises D(x) and lowers D(G(z))
   (LSGAN: moves both toward their codes 1 and 0), the G step raises D(G(z)) (LSGAN: toward 1). The

@@ -7,7 +7,7 @@ Networks: the CS231n GAN notebook's "DCGAN" networks.
 
     python dcgan_mnist.py  # MNIST is downloaded into --data; then --resume, --generate N
 
-Implementation details, each tied to a paper:
+Implementation details:
  1. Goodfellow et al.'s game (eq. 1, Algorithm 1 with k = 1), G maximising log D(G(z)) (section
     3). D outputs a logit; BCEWithLogitsLoss fuses the sigmoid.
  2. From DCGAN (section 3): convolutions, not fully connected image layers; transposed ones in G;
@@ -424,7 +424,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     add = p.add_argument
-    add("--data", default="./data", help="holds MNIST/raw; downloaded if missing")
+    add("--data", default="./data", help="MNIST root; downloaded if missing")
     add("--epochs", type=int, default=20, help="the last epoch")
     add("--batch-size", type=int, default=128, help="images per step")
     add("--lr", type=float, default=1e-3, help="Adam's, for G and D")
@@ -434,12 +434,13 @@ def parse_args(argv=None):
     add("--seed", type=int, default=0, help="of weights, noise and data order")
     add("--out", default=f"runs/{SCRIPT}", help="run folder")
     add("--max-steps", type=int, help="the last step")
-    add("--resume", nargs="?", const=True, metavar="CKPT", help="go on with --out's run, or CKPT")
+    add("--resume", nargs="?", const=True, metavar="CKPT", help="--out's run, or CKPT")
     add("--generate", type=int, metavar="N", help="write N images")
-    add("--amp", nargs="?", const="auto", choices=["auto", "bf16", "fp16"], help="see setup()")
+    amp = "bf16 if timed faster (CPUs), fp16 before Ampere"
+    add("--amp", nargs="?", const="auto", choices=["auto", "bf16", "fp16"], help=amp)
     add("--log-every", type=float, default=5.0, help="seconds between lines")
     args = p.parse_args(argv)
-    unset = argparse.Namespace(**dict.fromkeys(vars(args)))  # no defaults: what was typed
+    unset = argparse.Namespace(**dict.fromkeys(vars(args)))  # what was typed
     args.given = [k for k, v in vars(p.parse_args(argv, unset)).items() if v is not None]
     for flag in "epochs batch_size lr z_dim max_steps generate log_every".split():
         if getattr(args, flag) is not None and not getattr(args, flag) > 0:  # NaN too

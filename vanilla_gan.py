@@ -407,7 +407,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     add = p.add_argument
-    add("--data", default="./data", help="holds MNIST/raw; downloaded if missing")
+    add("--data", default="./data", help="MNIST root; downloaded if missing")
     add("--epochs", type=int, default=100, help="the last epoch")
     add("--batch-size", type=int, default=128, help="images per step")
     add("--lr", type=float, default=1e-3, help="Adam's, for G and D")
@@ -420,12 +420,13 @@ def parse_args(argv=None):
     add("--seed", type=int, default=0, help="of weights, noise and data order")
     add("--out", default=f"runs/{SCRIPT}", help="run folder")
     add("--max-steps", type=int, help="the last step")
-    add("--resume", nargs="?", const=True, metavar="CKPT", help="go on with --out's run, or CKPT")
+    add("--resume", nargs="?", const=True, metavar="CKPT", help="--out's run, or CKPT")
     add("--generate", type=int, metavar="N", help="write N images")
-    add("--amp", nargs="?", const="auto", choices=["auto", "bf16", "fp16"], help="see setup()")
+    amp = "bf16 if timed faster (CPUs), fp16 before Ampere"
+    add("--amp", nargs="?", const="auto", choices=["auto", "bf16", "fp16"], help=amp)
     add("--log-every", type=float, default=5.0, help="seconds between lines")
     args = p.parse_args(argv)
-    unset = argparse.Namespace(**dict.fromkeys(vars(args)))  # no defaults: what was typed
+    unset = argparse.Namespace(**dict.fromkeys(vars(args)))  # what was typed
     args.given = [k for k, v in vars(p.parse_args(argv, unset)).items() if v is not None]
     for flag in "epochs batch_size lr z_dim max_steps generate log_every g_hidden d_hidden".split():
         value = getattr(args, flag)

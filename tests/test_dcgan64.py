@@ -201,7 +201,8 @@ def test_g_learns_at_twice_ds_rate_and_a_resume_may_lower_either(trained, photo_
 
 
 def test_the_d_wins_warning_fires_once_d_g_z_has_stayed_low_from_step_100(capsys):
-    """The rule benchmarks/failure_rate.py calibrated: D(G(z)) averaged below 0.02 over 20 steps, from step 100."""
+    """The rule the failure-rate study calibrated (benchmarks/learning.py; then failure_rate.py at
+    375a8fb): D(G(z)) averaged below 0.02 over 20 steps, from step 100."""
     low, mixed = [0.01] * 20, [0.01] * 19 + [0.5]              # averages 0.01 and 0.0345
     assert dcgan64.warn_if_d_wins(low, 99) == low and capsys.readouterr().out == ""  # too early to tell
     assert dcgan64.warn_if_d_wins([0.5] * 30 + mixed, 150) == mixed and capsys.readouterr().out == ""

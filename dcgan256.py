@@ -66,7 +66,7 @@ D_WINS_STEPS, D_WINS_BELOW, D_WINS_FROM = 20, 0.02, 100  # warn_if_d_wins's rule
 KEEP_EPOCHS = 3  # epoch checkpoints kept
 PARTS = ("G", "D", "opt_G", "opt_D", "scaler")  # in a checkpoint
 RUN_PARTS = ("checkpoint.pt", "checkpoints", "log.csv", "samples", "real.png")  # a run's folder
-CHANGEABLE = ("epochs", "lr", "lr_g", "data")  # a resume may change them; never THIS_COMMAND's:
+CHANGEABLE = ("epochs", "lr", "lr_g", "data")  # a resume may change them; THIS_COMMAND: per command
 THIS_COMMAND = "out resume generate max_steps device workers cache compile log_every given".split()
 
 

@@ -3,7 +3,7 @@
 Paper: Radford, Metz & Chintala 2015, "Unsupervised Representation Learning with Deep Convolutional
 Generative Adversarial Networks" (DCGAN), arXiv:1511.06434; the game: Goodfellow et al. 2014,
 arXiv:1406.2661. Networks (in the README): the 256x256 tables of a DCGAN-on-faces project built on
-the PyTorch DCGAN tutorial: the paper's recipe grown by three up-sampling layers, a max-pooling D.
+the PyTorch DCGAN tutorial.
 
     python dcgan256.py --data ./celeba  # then --resume, --generate N; torchrun: on many GPUs
 
@@ -16,9 +16,9 @@ Implementation details (sections of the DCGAN paper unless said otherwise):
  3. D outputs a logit; BCEWithLogitsLoss fuses the table's sigmoid: stable, safe under autocast.
  4. G is all-convolutional: transposed convolutions, no fully connected layer (section 3, guidelines
     1 and 3). D is the table's, against them: 3x3 convolutions, max-pooling, a hidden Linear of 128.
- 5. BatchNorm in G but for its output layer (section 3, guideline 2). Not in D by default, against
-    the guideline and the table: with it G stayed noise on 256x256 digits for 720 steps; without it
-    G drew shapes by step 312 (README, "Does every seed learn?"). --d-bn puts the table's back.
+ 5. BatchNorm in G but for its output layer, in D but for its first block (section 3, guideline 2),
+    as the table has. On faces (1,000 steps of batch 32) G drew faces by step 750; without it D
+    stayed blind, or with He et al.'s weights learned sooner but no better by step 1,000 (README).
  6. ReLU in G, Tanh on its output, LeakyReLU(0.2) in D (section 3, guidelines 4 and 5; the slope:
     section 4). --g-act leaky builds the table's G: LeakyReLU in the hidden layers, Tanh kept.
  7. z (100 numbers) is "projected and reshaped" to 4x4 (figure 1): a 4x4 transposed convolution of
@@ -107,35 +107,32 @@ class Generator(nn.Sequential):
 
 class Discriminator(nn.Sequential):
     """image (B, C, 256, 256) -> logit (B,), shapes for --ndf 8. The table's six blocks: 3x3
-    convolutions without padding (size - 2; block 2's with padding 1), 2x2 max-pooling (size // 2).
-    bn: the table's BatchNorm in blocks 2-6 (--d-bn), off by default (detail 5): over an all-fake
-    batch it cancels any change of G's that moves a channel's mean, such as the dark background G
-    must learn first."""
+    convolutions without padding (size - 2; block 2's with padding 1), 2x2 max-pooling (size // 2);
+    BatchNorm in blocks 2-6 (detail 5), their convolutions without bias."""
 
-    def __init__(self, ndf=8, channels=3, bn=False):
-        norm = nn.BatchNorm2d if bn else (lambda width: nn.Identity())
+    def __init__(self, ndf=8, channels=3):
         super().__init__(  # input x: (B, C, 256, 256)
             nn.Conv2d(channels, ndf, 3, 1, 0),  # (B, 8, 254, 254), no BatchNorm (detail 5)
             nn.LeakyReLU(0.2, inplace=True),  # (B, 8, 254, 254)
             nn.MaxPool2d(2),  # (B, 8, 127, 127)
-            nn.Conv2d(ndf, ndf * 2, 3, 1, 1, bias=not bn),  # (B, 16, 127, 127)
-            norm(ndf * 2),  # (B, 16, 127, 127)
+            nn.Conv2d(ndf, ndf * 2, 3, 1, 1, bias=False),  # (B, 16, 127, 127)
+            nn.BatchNorm2d(ndf * 2),  # (B, 16, 127, 127)
             nn.LeakyReLU(0.2, inplace=True),  # (B, 16, 127, 127)
             nn.MaxPool2d(2),  # (B, 16, 63, 63)
-            nn.Conv2d(ndf * 2, ndf * 4, 3, 1, 0, bias=not bn),  # (B, 32, 61, 61)
-            norm(ndf * 4),  # (B, 32, 61, 61)
+            nn.Conv2d(ndf * 2, ndf * 4, 3, 1, 0, bias=False),  # (B, 32, 61, 61)
+            nn.BatchNorm2d(ndf * 4),  # (B, 32, 61, 61)
             nn.LeakyReLU(0.2, inplace=True),  # (B, 32, 61, 61)
             nn.MaxPool2d(2),  # (B, 32, 30, 30)
-            nn.Conv2d(ndf * 4, ndf * 8, 3, 1, 0, bias=not bn),  # (B, 64, 28, 28)
-            norm(ndf * 8),  # (B, 64, 28, 28)
+            nn.Conv2d(ndf * 4, ndf * 8, 3, 1, 0, bias=False),  # (B, 64, 28, 28)
+            nn.BatchNorm2d(ndf * 8),  # (B, 64, 28, 28)
             nn.LeakyReLU(0.2, inplace=True),  # (B, 64, 28, 28)
             nn.MaxPool2d(2),  # (B, 64, 14, 14)
-            nn.Conv2d(ndf * 8, ndf * 16, 3, 1, 0, bias=not bn),  # (B, 128, 12, 12)
-            norm(ndf * 16),  # (B, 128, 12, 12)
+            nn.Conv2d(ndf * 8, ndf * 16, 3, 1, 0, bias=False),  # (B, 128, 12, 12)
+            nn.BatchNorm2d(ndf * 16),  # (B, 128, 12, 12)
             nn.LeakyReLU(0.2, inplace=True),  # (B, 128, 12, 12)
             nn.MaxPool2d(2),  # (B, 128, 6, 6)
-            nn.Conv2d(ndf * 16, ndf * 32, 3, 1, 0, bias=not bn),  # (B, 256, 4, 4)
-            norm(ndf * 32),  # (B, 256, 4, 4)
+            nn.Conv2d(ndf * 16, ndf * 32, 3, 1, 0, bias=False),  # (B, 256, 4, 4)
+            nn.BatchNorm2d(ndf * 32),  # (B, 256, 4, 4)
             nn.LeakyReLU(0.2, inplace=True),  # (B, 256, 4, 4)
             nn.MaxPool2d(2),  # (B, 256, 2, 2)
             nn.Flatten(),  # (B, 1024)
@@ -166,7 +163,7 @@ def noise(n, args, device, rng=None):
 def build(args, device):
     """G and D, initialised (detail 9), in memory_format; their fused Adam (detail 10)."""
     G = Generator(args.z_dim, args.ngf, args.channels, args.g_act)
-    D, fmt = Discriminator(args.ndf, args.channels, args.d_bn), memory_format(device)
+    D, fmt = Discriminator(args.ndf, args.channels), memory_format(device)
     G, D = (net.apply(init_weights).to(device, memory_format=fmt) for net in (G, D))
     adam = lambda net, lr: torch.optim.Adam(net.parameters(), lr, betas=(0.5, 0.999), fused=True)
     return G, D, *(adam(net, lr) for net, lr in ((G, args.lr_g), (D, args.lr)))
@@ -181,8 +178,8 @@ def train_step(G, D, D_frozen, opt_G, opt_D, x, z, amp, scaler):
     zeros = torch.zeros(len(x), device=x.device)  # (B,) target "fake"
 
     # (1) Update D: maximise log D(x) + log(1 - D(G(z))) (eq. 1), i.e. minimise BCE(D(x), 1) +
-    # BCE(D(G(z)), 0). Real and fake go through D apart: with --d-bn each BatchNorm sees an all-real
-    # or all-fake batch. fake.detach(): G is not updated here.
+    # BCE(D(G(z)), 0). Real and fake go through D apart: each BatchNorm sees an all-real or all-fake
+    # batch, as in the tutorial. fake.detach(): G is not updated here.
     with amp:
         fake = G(z)  # (B, C, 256, 256), used by both steps
         real_logits = D(x).float()  # (B,)
@@ -722,7 +719,6 @@ def parse_args(argv=None):
     add("--ndf", type=int, default=8, help="D's first width (the last: 32x)")
     act = "G's hidden activation: relu (the paper's) or leaky (the table's); Tanh kept"
     add("--g-act", choices=["relu", "leaky"], default="relu", help=act)
-    add("--d-bn", action="store_true", help="BatchNorm in D's hidden blocks, as the table has")
     add("--channels", type=int, choices=[1, 3], default=3, help="3: colour, 1: grey")
     add("--workers", type=int, default=min(4, os.cpu_count() or 1), help="decoding processes")
     add("--cache", action="store_true", help="decode images once, into (GPU) memory")

@@ -2,11 +2,12 @@
 
     python benchmarks/learning.py --examples ../examples --data ./data --seeds 1-3 \\
         --steps 1014 --score-at 234 468 780 1014 --ours default= amp=--amp
-    python benchmarks/learning.py --examples ../examples --data ./lfw --seeds 1-16 --steps 200 \\
-        --ours default= "paper=--lr-g 2e-4"
+    python benchmarks/learning.py --examples ../examples --data ./lfw-128 --seeds 1-3 \\
+        --steps 309 --score-at 206 --ours default=--amp "paper=--amp --lr-g 2e-4"
 
-Time on a 2-core CPU: a step takes about 1.5 s for the peer and 1 s for dcgan64.py, a score a
-minute: about 2 hours for the first command, 3 for the second; minutes on a GPU.
+Time on a 2-core CPU: a step takes about 1.5 s for the peer and 1 s for dcgan64.py (faces: 2.4 s
+and 1.1 s with --amp's bfloat16 where it is faster), a score a minute: about 2 hours for each
+command; minutes on a GPU.
 
 --data is an MNIST root (digits at 64x64, grayscale, scored by `quality.py digits`) or a folder
 of faces, one folder per person (scored by `quality.py faces`). Both train the DCGAN networks
@@ -18,8 +19,10 @@ photos) and is ended after --steps; it saves G at epoch ends only, so it is scor
 BatchNorm on batch statistics as both sample, against real images (lower is better; the floor is
 real images'). Wall time: end of step N minus end of step 1 (log.csv; the peer's step lines).
 Dead: the median of D(G(z)) over the last --window steps below --dead-below; the failure rate
-with its 95% Clopper-Pearson interval. Runs done are kept in --work: a command adds seeds or
-variants. Writes results/<--name>.{md,csv,png}, and 64 samples a score in results/<--name>/.
+with its 95% Clopper-Pearson interval. On faces the peer's D(G(z)) stays near 0 for its first 100
+steps or so and then rises: judge its runs after 200 steps or more. Runs done are kept in --work:
+a command adds seeds or variants. Writes results/<--name>.{md,csv,png}, and 64 samples a score in
+results/<--name>/.
 """
 
 import math

@@ -28,9 +28,8 @@ Implementation details (sections of the DCGAN paper unless said otherwise):
     resized on their shorter side and centre-cropped to 256x256.
  9. Weights from N(0, 0.02) (section 4); BatchNorm scales N(1, 0.02), biases 0 (the tutorial's).
 10. Adam, beta1 0.5 ("0.9 resulted in training oscillation and instability", section 4). D's lr is
-    the paper's 0.0002, G's twice that (two time-scales, Heusel et al. 2017, arXiv:1706.08500), as
-    in dcgan64.py, where it stopped some seeds' deaths at the start (README). --lr-g 2e-4: the
-    paper's recipe.
+    the paper's 0.0002, G's twice that, as in dcgan64.py (its detail 10) and in the faces here
+    (README). --lr-g 2e-4: the paper's recipe.
 """
 
 import argparse, contextlib, math, os, shutil, signal, time  # noqa: E401

@@ -6,8 +6,7 @@
         --steps 309 --score-at 206 --ours default=--amp "paper=--amp --lr-g 2e-4"
 
 Time on a 2-core CPU: a step takes about 1.5 s for the peer and 1 s for dcgan64.py (faces: 2.4 s
-and 1.1 s with --amp's bfloat16 where it is faster), a score a minute: about 2 hours for each
-command; minutes on a GPU.
+and 1.1 s with --amp), a score a minute: about 2 hours a command; minutes on a GPU.
 
 --data is an MNIST root (digits at 64x64, grayscale, scored by `quality.py digits`) or a folder
 of faces, one folder per person (scored by `quality.py faces`). Both train the DCGAN networks
@@ -19,10 +18,8 @@ photos) and is ended after --steps; it saves G at epoch ends only, so it is scor
 BatchNorm on batch statistics as both sample, against real images (lower is better; the floor is
 real images'). Wall time: end of step N minus end of step 1 (log.csv; the peer's step lines).
 Dead: the median of D(G(z)) over the last --window steps below --dead-below; the failure rate
-with its 95% Clopper-Pearson interval. On faces the peer's D(G(z)) stays near 0 for its first 100
-steps or so and then rises: judge its runs after 200 steps or more. Runs done are kept in --work:
-a command adds seeds or variants. Writes results/<--name>.{md,csv,png}, and 64 samples a score in
-results/<--name>/.
+with its 95% Clopper-Pearson interval (on faces, runs with one lr swing past step 100, then settle:
+judge them after 200). Runs stay in --work. Writes results/<--name>.{md,csv,png}, <--name>/ grids.
 """
 
 import math
